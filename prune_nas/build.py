@@ -1,0 +1,26 @@
+"""Genome -> nn.Module."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .arch import get_family
+from .genome import Genome
+
+
+def build(genome: Genome, masks: bool = True) -> nn.Module:
+    """A physically smaller ``nn.Module`` for ``genome``, freshly initialised.
+
+    Sparse genomes with a mask file get their masks attached (masked weights zero and kept at zero).
+    Conv module paths equal the layer names used by masks, densities and the cost model.
+
+    >>> from prune_nas.genome import base_genome
+    >>> type(build(base_genome("vgg16"))).__name__
+    '_VGGNet'
+    """
+    model = get_family(genome.family).build(genome, genome.slot_widths())
+    if masks and genome.sparsity is not None and genome.sparsity.mask is not None:
+        from .sparsity import apply_masks, load_masks
+
+        apply_masks(model, load_masks(genome))
+    return model
