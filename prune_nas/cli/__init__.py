@@ -1,0 +1,56 @@
+"""The ``prune-nas`` command line: argument parsing and printing only.
+
+Each command group lives in its own module with a ``register(subparsers)`` function; ``main`` wires them up and
+turns user errors into one line on stderr and exit status 2 (internal errors keep their traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from ..errors import UserError
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = ["genome", "train", "discover", "mine", "evaluate", "experiments"]
+
+DESCRIPTION = """\
+prune-nas: network pruning as architecture search.
+
+Pruning methods produce genomes (JSON architectures); every genome trains from scratch under an epoch
+(Scratch-E) or FLOPs (Scratch-B) budget and is compared with fine-tuning and uniform pruning.
+Start with `prune-nas genome list`, then `prune-nas discover --method slimming` (embedded digits data, CPU).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="prune-nas", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prune-nas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        qualified = f"{__name__}.{name}"
+        if importlib.util.find_spec(qualified) is not None:
+            importlib.import_module(qualified).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"prune-nas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prune-nas: interrupted; finished results are kept and will be reused", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`prune-nas genome list | info | validate | export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from ._format import human, table
+
+EPILOG = """\
+examples:
+  prune-nas genome list                       # the paper's named architectures and the base models
+  prune-nas genome info vgg16-a               # widths per layer, params, FLOPs, reduction vs its reference
+  prune-nas genome info my.json --json        # machine-readable
+  prune-nas genome validate my.json           # exit 0, or exit 2 with one line naming the bad field
+  prune-nas genome export vgg16-a --out vgg16-a.json
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("genome", help="list, inspect, validate and export genomes",
+                       description="Genomes are JSON descriptions of architectures: a base model, one width per "
+                                   "channel-coupling group, kept blocks per stage, optional sparsity.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gsub = p.add_subparsers(dest="genome_command", required=True, metavar="ACTION")
+
+    q = gsub.add_parser("list", help="library genomes and registered base models")
+    q.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    q.set_defaults(func=cmd_list)
+
+    q = gsub.add_parser("info", help="widths, params, FLOPs and reductions of a genome")
+    q.add_argument("genome", help="a .json file, a library name (vgg16-a) or a model name (resnet56)")
+    q.add_argument("--json", action="store_true", help="print JSON: params, flops, reduction, widths, ...")
+    q.set_defaults(func=cmd_info)
+
+    q = gsub.add_parser("validate", help="check a genome file (exit 0 if valid, 2 with the bad field if not)")
+    q.add_argument("files", nargs="+", help="genome .json files")
+    q.set_defaults(func=cmd_validate)
+
+    q = gsub.add_parser("export", help="write a genome (and its mask file) as a standalone file")
+    q.add_argument("genome", help="library name, discovered genome name, model name or file")
+    q.add_argument("--out", required=True, help="output .json path")
+    q.set_defaults(func=cmd_export)
+
+
+def describe(genome) -> dict:
+    """Everything `genome info` shows, as plain data."""
+    from ..cost import count
+    from ..library import reference_of
+
+    cost, ref = count(genome), reference_of(genome)
+    rcost = count(ref)
+    groups = genome.groups
+    base = groups.base_widths()
+    return {
+        "name": genome.name, "key": genome.key, "model": genome.model, "family": genome.family,
+        "num_classes": genome.num_classes, "input": {"channels": genome.in_channels, "size": genome.input_size},
+        "blocks": list(genome.blocks) if genome.blocks else None,
+        "params": cost.params, "flops": cost.flops, "flops_unit": "multiply-accumulates per image",
+        "reference": {"model": ref.model, "name": ref.name, "params": rcost.params, "flops": rcost.flops},
+        "reduction": {"params": 1 - cost.params / rcost.params, "flops": 1 - cost.flops / rcost.flops},
+        "sparse": genome.sparsity is not None,
+        "provenance": dict(genome.provenance),
+        "widths": [{"group": g, "kind": groups.kind(g), "stage": groups.stage(g), "base": base[g],
+                    "width": genome.widths[g]} for g in groups.names],
+    }
+
+
+def cmd_info(args) -> int:
+    from ..library import resolve_genome
+
+    genome = resolve_genome(args.genome)
+    info = describe(genome)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    red = info["reduction"]
+    print(f"{info['name'] or args.genome}  (key {info['key']})")
+    print(f"  model {info['model']} ({info['family']}), {info['num_classes']} classes, "
+          f"input {info['input']['channels']}x{info['input']['size']}x{info['input']['size']}"
+          + (f", blocks per stage {info['blocks']}" if info["blocks"] else ""))
+    print(f"  params {human(info['params'])} ({info['params']:,}), FLOPs {human(info['flops'])} MACs; "
+          f"vs {info['reference']['model']}: params {_reduction(red['params'])}, FLOPs {_reduction(red['flops'])}")
+    if info["provenance"].get("method"):
+        print(f"  method {info['provenance']['method']}"
+              + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
+    if genome.sparsity is not None:
+        from ..cost import kept_weights, ops_of
+
+        ops = {op.name: op for op in ops_of(genome) if op.kind == "conv"}
+        kept = kept_weights(genome)
+        rows = [[name, ops[name].stage, ops[name].weight_count, kept[name],
+                 f"{kept[name] / ops[name].weight_count:.1%}"] for name in ops]
+        print(table(rows, ["conv layer", "stage", "weights", "kept", "density"]))
+        return 0
+    rows = [[w["group"], w["kind"], w["stage"], w["base"], w["width"], f"{w['width'] / w['base']:.0%}"]
+            for w in info["widths"]]
+    print(table(rows, ["width group", "kind", "stage", "base", "width", "kept"], align="llrrrr"))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ..genome import load_genome
+
+    for f in args.files:
+        g = load_genome(f)  # raises GenomeError -> one line, exit 2
+        print(f"{f}: valid ({g.model}, key {g.key})")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from ..arch import MODELS
+    from ..cost import count
+    from ..library import names, reference_of, resolve_genome
+
+    lib = []
+    for name in names():
+        g = resolve_genome(name)
+        c, r = count(g), count(reference_of(g))
+        lib.append({"name": name, "model": g.model, "method": g.provenance.get("method", ""),
+                    "params": c.params, "flops": c.flops,
+                    "params_reduction": 1 - c.params / r.params, "flops_reduction": 1 - c.flops / r.flops})
+    models = [{"name": s.name, "family": s.family, "classes": s.num_classes, "input": s.input_size,
+               "summary": s.summary} for s in MODELS.values()]
+    if args.json:
+        print(json.dumps({"library": lib, "models": models}, indent=2))
+        return 0
+    print("Library genomes (artifacts/genomes/):")
+    print(table([[x["name"], x["model"], x["method"], human(x["params"]), human(x["flops"]),
+                  _reduction(x["params_reduction"]), _reduction(x["flops_reduction"])] for x in lib],
+                ["name", "model", "method", "params", "FLOPs", "params vs ref", "FLOPs vs ref"],
+                align="lllrrrr"))
+    print("\nBase models (any of these names works where a genome is expected):")
+    print(table([[m["name"], m["family"], m["classes"], m["input"], m["summary"]] for m in models],
+                ["model", "family", "classes", "input", "description"], align="llrrl"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..genome import save_genome
+    from ..library import resolve_genome
+
+    genome = resolve_genome(args.genome)
+    out = Path(args.out)
+    mask = genome.mask_path()
+    if mask is not None:
+        dest = out.with_suffix(".masks.npz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mask, dest)
+        from dataclasses import replace
+
+        from ..genome import MaskRef
+
+        genome = replace(genome, sparsity=replace(genome.sparsity,
+                                                  mask=MaskRef(dest.name, genome.sparsity.mask.sha256)))
+    save_genome(genome, out)
+    print(f"wrote {out}" + (f" and {out.with_suffix('.masks.npz')}" if mask is not None else ""))
+    return 0
+
+
+def _reduction(fraction_removed: float) -> str:
+    """0.342 -> '-34.2%'; growth shows as '+'."""
+    if abs(fraction_removed) < 5e-4:
+        return "0%"
+    return f"{-fraction_removed:+.1%}"
