@@ -36,11 +36,20 @@ class Slot:
     base_width: int
     kind: str = "conv"
     stage: int = 1
+    # For a ``select`` slot: the slots whose channels, concatenated in this order, form the tensor it reads.
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Op:
-    """Geometry of one layer with learnable weights. ``hw`` is the output's spatial side (1 for linear/BN1d)."""
+    """Geometry of one layer with learnable weights. ``hw`` is the output's spatial side (1 for linear/BN1d).
+
+    ``in_slots``: the slots whose channels, concatenated in order, are the layer's input channels (empty: the
+    image, or a layer no width group reaches, like the hidden Linear of a VGG head). ``out_slot``: the slot
+    whose channels the layer writes (a BN: the slot it normalises; ``None`` when no width group sets it). A
+    Linear reading a flattened ``c x h x w`` map has ``cin = c * h * w``, channel-major. Channel surgery and
+    importance criteria use these to slice weights without knowing the family.
+    """
 
     name: str
     kind: str  # "conv" | "linear" | "bn"
@@ -50,6 +59,8 @@ class Op:
     hw: int = 1
     bias: bool = False
     stage: int = 0
+    in_slots: tuple[str, ...] = ()
+    out_slot: str | None = None
 
     @property
     def weight_count(self) -> int:

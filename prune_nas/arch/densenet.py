@@ -41,18 +41,21 @@ class DenseNet(Family):
     def slots(self, spec, blocks):
         g = spec.config["growth"]
         c = 2 * g
-        out = [Slot("stem", c, "conv", 1)]
+        out, concat = [Slot("stem", c, "conv", 1)], ["stem"]
         for kind, p, d in self._plan(spec):
-            out.append(Slot(f"{p}.select", c, "select", d))
+            out.append(Slot(f"{p}.select", c, "select", d, reads=tuple(concat)))
             if kind == "layer":
                 if spec.config["bottleneck"]:
                     out.append(Slot(f"{p}.conv1", 4 * g, "conv", d))
-                out.append(Slot(f"{p}.{self._conv_names(spec)[-1]}", g, "conv", d))
+                last = f"{p}.{self._conv_names(spec)[-1]}"
+                out.append(Slot(last, g, "conv", d))
                 c += g
+                concat.append(last)
             else:
                 c = int(c * spec.config["compression"])
                 out.append(Slot(f"{p}.conv", c, "conv", d))
-        out.append(Slot("head.select", c, "select", 3))
+                concat = [f"{p}.conv"]
+        out.append(Slot("head.select", c, "select", 3, reads=tuple(concat)))
         return out
 
     def select_limits(self, spec, blocks, widths):
@@ -69,22 +72,28 @@ class DenseNet(Family):
 
     def ops(self, spec, blocks, widths, input_size, in_channels, num_classes):
         hw = input_size
-        ops = [Op("stem", "conv", in_channels, widths["stem"], 3, hw, stage=1)]
+        ops = [Op("stem", "conv", in_channels, widths["stem"], 3, hw, stage=1, out_slot="stem")]
         bc = spec.config["bottleneck"]
         for kind, p, d in self._plan(spec):
-            k = widths[f"{p}.select"]
-            ops.append(Op(f"{p}.bn1", "bn", k, k))
+            sel = f"{p}.select"
+            k = widths[sel]
+            ops.append(Op(f"{p}.bn1", "bn", k, k, out_slot=sel))
             if kind == "trans":
-                ops.append(Op(f"{p}.conv", "conv", k, widths[f"{p}.conv"], 1, hw, stage=d))
+                c = f"{p}.conv"
+                ops.append(Op(c, "conv", k, widths[c], 1, hw, stage=d, in_slots=(sel,), out_slot=c))
                 hw //= 2
             elif bc:
-                w1, w2 = widths[f"{p}.conv1"], widths[f"{p}.conv2"]
-                ops += [Op(f"{p}.conv1", "conv", k, w1, 1, hw, stage=d), Op(f"{p}.bn2", "bn", w1, w1),
-                        Op(f"{p}.conv2", "conv", w1, w2, 3, hw, stage=d)]
+                c1, c2 = f"{p}.conv1", f"{p}.conv2"
+                w1, w2 = widths[c1], widths[c2]
+                ops += [Op(c1, "conv", k, w1, 1, hw, stage=d, in_slots=(sel,), out_slot=c1),
+                        Op(f"{p}.bn2", "bn", w1, w1, out_slot=c1),
+                        Op(c2, "conv", w1, w2, 3, hw, stage=d, in_slots=(c1,), out_slot=c2)]
             else:
-                ops.append(Op(f"{p}.conv1", "conv", k, widths[f"{p}.conv1"], 3, hw, stage=d))
+                c1 = f"{p}.conv1"
+                ops.append(Op(c1, "conv", k, widths[c1], 3, hw, stage=d, in_slots=(sel,), out_slot=c1))
         k = widths["head.select"]
-        return ops + [Op("head.bn", "bn", k, k), Op("fc", "linear", k, num_classes, bias=True)]
+        return ops + [Op("head.bn", "bn", k, k, out_slot="head.select"),
+                      Op("fc", "linear", k, num_classes, bias=True, in_slots=("head.select",))]
 
     def build(self, genome, widths):
         spec = genome.spec

@@ -27,16 +27,18 @@ class PreResNet(Family):
     block_pruning = True
 
     def slots(self, spec, blocks):
-        out = [Slot("stem", 16, "conv", 1)]
+        out, src = [Slot("stem", 16, "conv", 1)], "stem"
         for s, n in enumerate(blocks, start=1):
             stream = PLANES[s - 1] * EXPANSION
             out.append(Slot(f"stage{s}", stream, "stream", s))
             for b in range(n):
                 p = f"stage{s}.block{b}"
                 base_in = (16 if s == 1 else stream // 2) if b == 0 else stream
-                out += [Slot(f"{p}.select", base_in, "select", s), Slot(f"{p}.conv1", PLANES[s - 1], "conv", s),
-                        Slot(f"{p}.conv2", PLANES[s - 1], "conv", s)]
-        out.append(Slot("head.select", PLANES[-1] * EXPANSION, "select", len(blocks)))
+                out += [Slot(f"{p}.select", base_in, "select", s, reads=(src,)),
+                        Slot(f"{p}.conv1", PLANES[s - 1], "conv", s), Slot(f"{p}.conv2", PLANES[s - 1], "conv", s)]
+                src = f"stage{s}"
+            src = f"stage{s}"
+        out.append(Slot("head.select", PLANES[-1] * EXPANSION, "select", len(blocks), reads=(src,)))
         return out
 
     def select_limits(self, spec, blocks, widths):
@@ -54,27 +56,35 @@ class PreResNet(Family):
 
     def ops(self, spec, blocks, widths, input_size, in_channels, num_classes):
         hw = input_size
-        ops = [Op("stem", "conv", in_channels, widths["stem"], 3, hw, stage=1)]
-        cin = widths["stem"]
+        ops = [Op("stem", "conv", in_channels, widths["stem"], 3, hw, stage=1, out_slot="stem")]
+        cin, src = widths["stem"], ("stem",)
         for s, n in enumerate(blocks, start=1):
             stride = 1 if s == 1 else 2
-            cout = widths[f"stage{s}"]
+            cout, st_slot = widths[f"stage{s}"], f"stage{s}"
             if n == 0:
                 hw = (hw - 1) // stride + 1
-                ops.append(Op(f"stage{s}.shortcut", "conv", cin, cout, 1, hw, stage=s))
+                ops.append(Op(f"stage{s}.shortcut", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
+                              out_slot=st_slot))
             for b in range(n):
                 p = f"stage{s}.block{b}"
-                k, w1, w2 = widths[f"{p}.select"], widths[f"{p}.conv1"], widths[f"{p}.conv2"]
+                sel, c1, c2 = f"{p}.select", f"{p}.conv1", f"{p}.conv2"
+                k, w1, w2 = widths[sel], widths[c1], widths[c2]
                 st = stride if b == 0 else 1
                 hw_in, hw = hw, (hw - 1) // st + 1
-                ops += [Op(f"{p}.bn1", "bn", k, k), Op(f"{p}.conv1", "conv", k, w1, 1, hw_in, stage=s),
-                        Op(f"{p}.bn2", "bn", w1, w1), Op(f"{p}.conv2", "conv", w1, w2, 3, hw, stage=s),
-                        Op(f"{p}.bn3", "bn", w2, w2), Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s)]
+                ops += [Op(f"{p}.bn1", "bn", k, k, out_slot=sel),
+                        Op(c1, "conv", k, w1, 1, hw_in, stage=s, in_slots=(sel,), out_slot=c1),
+                        Op(f"{p}.bn2", "bn", w1, w1, out_slot=c1),
+                        Op(c2, "conv", w1, w2, 3, hw, stage=s, in_slots=(c1,), out_slot=c2),
+                        Op(f"{p}.bn3", "bn", w2, w2, out_slot=c2),
+                        Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,), out_slot=st_slot)]
                 if b == 0:
-                    ops.append(Op(f"{p}.shortcut", "conv", cin, cout, 1, hw, stage=s))
-                cin = cout
+                    ops.append(Op(f"{p}.shortcut", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
+                                  out_slot=st_slot))
+                cin, src = cout, (st_slot,)
+            cin, src = cout, (st_slot,)  # a stage with no block still changes the width, through its shortcut
         k = widths["head.select"]
-        return ops + [Op("head.bn", "bn", k, k), Op("fc", "linear", k, num_classes, bias=True)]
+        return ops + [Op("head.bn", "bn", k, k, out_slot="head.select"),
+                      Op("fc", "linear", k, num_classes, bias=True, in_slots=("head.select",))]
 
     def build(self, genome, widths):
         model = nn.Module()
@@ -92,6 +102,7 @@ class PreResNet(Family):
                                                      widths[f"{p}.conv2"], cout, stride if b == 0 else 1,
                                                      projection=b == 0)
                 cin = cout
+            cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
         model = _PreResNetNet(stem, stages, cin, widths["head.select"], genome.num_classes)
         init_weights(model)

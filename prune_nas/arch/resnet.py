@@ -66,39 +66,49 @@ class ResNet(Family):
         ops: list[Op] = []
         if cfg["stem"] == "cifar":
             hw = input_size
-            ops += [Op("stem.conv", "conv", in_channels, widths["stem"], 3, hw, stage=1)]
+            ops += [Op("stem.conv", "conv", in_channels, widths["stem"], 3, hw, stage=1, out_slot="stem")]
         else:
             hw = _out(input_size, 7, 2)
-            ops += [Op("stem.conv", "conv", in_channels, widths["stem"], 7, hw, stage=1)]
+            ops += [Op("stem.conv", "conv", in_channels, widths["stem"], 7, hw, stage=1, out_slot="stem")]
             hw = _out(hw, 3, 2)
-        ops.append(Op("stem.bn", "bn", widths["stem"], widths["stem"]))
-        cin = widths["stem"]
+        ops.append(Op("stem.bn", "bn", widths["stem"], widths["stem"], out_slot="stem"))
+        cin, src = widths["stem"], ("stem",)
         for s, n in enumerate(blocks, start=1):
             stride = 1 if s == 1 else 2
-            cout = widths[f"stage{s}"]
+            cout, st_slot = widths[f"stage{s}"], f"stage{s}"
             if n == 0:
                 hw = _out(hw, 1, stride)
                 if cfg["shortcut"] == "projection" and not self._identity_entry(spec, s):
-                    ops += [Op(f"stage{s}.shortcut.0", "conv", cin, cout, 1, hw, stage=s),
-                            Op(f"stage{s}.shortcut.1", "bn", cout, cout)]
+                    ops += [Op(f"stage{s}.shortcut.0", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
+                               out_slot=st_slot),
+                            Op(f"stage{s}.shortcut.1", "bn", cout, cout, out_slot=st_slot)]
             for b in range(n):
                 p = f"stage{s}.block{b}"
                 st = stride if b == 0 else 1
                 hw_in, hw = hw, _out(hw, 3, st)
+                c1, c2 = f"{p}.conv1", f"{p}.conv2"
                 if cfg["block"] == "basic":
-                    w1 = widths[f"{p}.conv1"]
-                    ops += [Op(f"{p}.conv1", "conv", cin, w1, 3, hw, stage=s), Op(f"{p}.bn1", "bn", w1, w1),
-                            Op(f"{p}.conv2", "conv", w1, cout, 3, hw, stage=s), Op(f"{p}.bn2", "bn", cout, cout)]
+                    w1 = widths[c1]
+                    ops += [Op(c1, "conv", cin, w1, 3, hw, stage=s, in_slots=src, out_slot=c1),
+                            Op(f"{p}.bn1", "bn", w1, w1, out_slot=c1),
+                            Op(c2, "conv", w1, cout, 3, hw, stage=s, in_slots=(c1,), out_slot=st_slot),
+                            Op(f"{p}.bn2", "bn", cout, cout, out_slot=st_slot)]
                 else:
-                    w1, w2 = widths[f"{p}.conv1"], widths[f"{p}.conv2"]
-                    ops += [Op(f"{p}.conv1", "conv", cin, w1, 1, hw_in, stage=s), Op(f"{p}.bn1", "bn", w1, w1),
-                            Op(f"{p}.conv2", "conv", w1, w2, 3, hw, stage=s), Op(f"{p}.bn2", "bn", w2, w2),
-                            Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s), Op(f"{p}.bn3", "bn", cout, cout)]
+                    w1, w2 = widths[c1], widths[c2]
+                    ops += [Op(c1, "conv", cin, w1, 1, hw_in, stage=s, in_slots=src, out_slot=c1),
+                            Op(f"{p}.bn1", "bn", w1, w1, out_slot=c1),
+                            Op(c2, "conv", w1, w2, 3, hw, stage=s, in_slots=(c1,), out_slot=c2),
+                            Op(f"{p}.bn2", "bn", w2, w2, out_slot=c2),
+                            Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,), out_slot=st_slot),
+                            Op(f"{p}.bn3", "bn", cout, cout, out_slot=st_slot)]
                 if b == 0 and cfg["shortcut"] == "projection" and not self._identity_entry(spec, s):
-                    ops += [Op(f"{p}.shortcut.0", "conv", cin, cout, 1, hw, stage=s),
-                            Op(f"{p}.shortcut.1", "bn", cout, cout)]
-                cin = cout
-        ops.append(Op("fc", "linear", cin, num_classes, bias=True))
+                    ops += [Op(f"{p}.shortcut.0", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
+                               out_slot=st_slot),
+                            Op(f"{p}.shortcut.1", "bn", cout, cout, out_slot=st_slot)]
+                cin, src = cout, (st_slot,)
+            # A stage with no block still leaves its stream at the stage's width (via its shortcut).
+            cin, src = cout, (st_slot,)
+        ops.append(Op("fc", "linear", cin, num_classes, bias=True, in_slots=src))
         return ops
 
     # ---- module ------------------------------------------------------------------------------------------
@@ -129,6 +139,7 @@ class ResNet(Family):
                 block_cls = _Basic if cfg["block"] == "basic" else _Bottleneck
                 layers[f"block{b}"] = block_cls(cin, inner, cout, stride if b == 0 else 1, sc)
                 cin = cout
+            cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
         model = _ResNetNet(nn.Sequential(stem), stages, nn.Linear(cin, genome.num_classes))
         init_weights(model)

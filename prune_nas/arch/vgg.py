@@ -49,25 +49,25 @@ class VGG(Family):
         return 2 ** sum(1 for x in _layers(spec) if x == "M")
 
     def ops(self, spec, blocks, widths, input_size, in_channels, num_classes):
-        ops, cin, hw = [], in_channels, input_size
+        ops, cin, hw, src = [], in_channels, input_size, ()
         for item in _layers(spec):
             if item == "M":
                 hw //= 2
                 continue
             name, _, stage = item
             w = widths[name]
-            ops += [Op(f"features.{name}", "conv", cin, w, 3, hw, stage=stage),
-                    Op(f"features.bn{name[4:]}", "bn", w, w)]
-            cin = w
+            ops += [Op(f"features.{name}", "conv", cin, w, 3, hw, stage=stage, in_slots=src, out_slot=name),
+                    Op(f"features.bn{name[4:]}", "bn", w, w, out_slot=name)]
+            cin, src = w, (name,)
         head = spec.config["head"]
         if head in ("linear", "gap"):
-            ops.append(Op("classifier", "linear", cin, num_classes, bias=True))
+            ops.append(Op("classifier", "linear", cin, num_classes, bias=True, in_slots=src))
         elif head == "mlp":
-            ops += [Op("classifier.0", "linear", cin, MLP_HIDDEN, bias=True),
+            ops += [Op("classifier.0", "linear", cin, MLP_HIDDEN, bias=True, in_slots=src),
                     Op("classifier.1", "bn", MLP_HIDDEN, MLP_HIDDEN),
                     Op("classifier.3", "linear", MLP_HIDDEN, num_classes, bias=True)]
         else:  # fc
-            ops += [Op("classifier.0", "linear", cin * 49, FC_HIDDEN, bias=True),
+            ops += [Op("classifier.0", "linear", cin * 49, FC_HIDDEN, bias=True, in_slots=src),
                     Op("classifier.3", "linear", FC_HIDDEN, FC_HIDDEN, bias=True),
                     Op("classifier.6", "linear", FC_HIDDEN, num_classes, bias=True)]
         return ops
