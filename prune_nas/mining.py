@@ -19,8 +19,8 @@ A *pattern* summarises several pruning runs of one model on one dataset by one m
 (384.0, 128.0, 0.9167)
 
 Patterns are versioned JSON (``{"format": "prune-nas.pattern", "version": 1, ...}``), written atomically, and
-record their sources (genome files and keys, number of runs). Only numpy is needed (matplotlib for the
-figures, imported when drawing).
+record their sources (genome files and keys, number of runs). This module computes with numpy and imports no
+torch of its own (matplotlib only when drawing).
 """
 
 from __future__ import annotations

@@ -365,7 +365,8 @@ def run_discovery(method: str, model: str, dataset: str, ratio: float, seeds, **
     try:
         from .methods.discover import discover
     except ImportError as e:
-        raise UserError(f"cannot run discovery: {e}; run `prune-nas discover` first, or give --pattern") from None
+        raise UserError(f"cannot run discovery here ({e}); create the runs with `prune-nas discover` first, "
+                        "or give --pattern") from None
     return [Path(discover(method=method, model=model, dataset=dataset, ratio=ratio, seed=s, **kwargs))
             for s in seeds]
 
@@ -378,7 +379,9 @@ def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = 
     """Transferred genomes: ``source`` runs' pattern applied to ``target`` (both ``<model>-<dataset>``),
     written as ``out_dir/<source>-to-<target>-<method>[-sparse]-<size>.json``."""
     t_model, t_dataset = parse_name(target)
-    parse_name(source)
+    s_model, s_dataset = parse_name(source)
+    if pattern is not None and (pattern.model, pattern.dataset) != (s_model, s_dataset):
+        raise UserError(f"the pattern is of {pattern.model}-{pattern.dataset}, not {source}")
     if pattern is None:
         pattern = source_pattern(source, method, discovered_dir, discover=discover, runs=runs, ratio=ratio,
                                  say=say, discover_kwargs=discover_kwargs)

@@ -325,3 +325,7 @@ def test_cli_transfer_bad_names_and_sizes(tmp_path, capsys):
     assert main(["transfer", "vgg16-cifar10", "vgg19-cifar100", "--sizes", "0.3,1.2", "--discovered-dir",
                  str(folder), "--out-dir", str(tmp_path / "o")]) == 2
     assert "size 1.2 is impossible" in capsys.readouterr().err
+    pattern = tmp_path / "v.pattern.json"
+    assert main(["mine", str(folder / "*.json"), "--out", str(pattern), "--no-plots"]) == 0
+    assert main(["transfer", "vgg19-cifar10", "vgg16-cifar100", "--pattern", str(pattern)]) == 2
+    assert "the pattern is of vgg16-cifar10, not vgg19-cifar10" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -193,7 +194,7 @@ def cmd_transfer(args) -> int:
                        discovered_dir=args.discovered_dir or dirs["discovered"],
                        out_dir=out_dir, sparse=args.sparse, by=args.by,
                        seed=args.seed, discover=not args.no_discover, runs=args.runs, ratio=args.ratio,
-                       pattern_out=pattern_out)
+                       pattern_out=pattern_out, say=lambda msg: print(msg, file=sys.stderr, flush=True))
     if pattern_out is not None and not args.json:
         print(f"mined {pattern_out}")
     _report(results, args)
