@@ -278,7 +278,8 @@ def guided_sparse(pattern: Pattern, target: Genome, size: float, seed: int = 0, 
     rng = np.random.default_rng(seed)
     masks = {n: sample_mask((op.cout, op.cin, op.k, op.k), kept[n], maps[op.stage] if op.k == 3 else None, rng)
              for n, op in ops.items()}
-    sp = Sparsity(density={n: round(kept[n] / op.weight_count, 6) for n, op in ops.items()},
+    # Six significant digits, not decimals: a layer keeping one weight of millions must stay above zero.
+    sp = Sparsity(density={n: float(f"{kept[n] / op.weight_count:.6g}") for n, op in ops.items()},
                   kernel_keep={str(s): np.round(m, 6).tolist() for s, m in maps.items()}, seed=seed)
     genome = replace(target, sparsity=sp)
     base_cost = _cost(target, by)
