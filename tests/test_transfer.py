@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prune_nas.cli import main
 from prune_nas.cost import count
@@ -329,3 +331,19 @@ def test_cli_transfer_bad_names_and_sizes(tmp_path, capsys):
     assert main(["mine", str(folder / "*.json"), "--out", str(pattern), "--no-plots"]) == 0
     assert main(["transfer", "vgg19-cifar10", "vgg16-cifar100", "--pattern", str(pattern)]) == 2
     assert "the pattern is of vgg16-cifar10, not vgg19-cifar10" in capsys.readouterr().err
+
+
+@settings(max_examples=15, deadline=None)
+@given(model=st.sampled_from(["vgg11", "resnet20", "vgg13-l1"]), seed=st.integers(0, 10_000),
+       size=st.floats(0.15, 1.0), by=st.sampled_from(["params", "flops"]))
+def test_guided_widths_hit_any_size(model, seed, size, by):
+    """Random patterns, random sizes: the guided genome is valid and within one channel per layer of the size."""
+    import random
+
+    from prune_nas.genome import random_genome
+
+    rng = random.Random(seed)
+    p = mine_genomes([random_genome(model, rng, 0.2, 1.0) for _ in range(2)], ["a.json", "b.json"])
+    target = target_base(p, model)
+    genome, _ = guided_widths(p, target, size, by=by)
+    assert within_one_channel(genome, target, group_ratios(p, target), size * getattr(count(target), by), by)
