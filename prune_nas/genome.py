@@ -325,3 +325,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def random_genome(model: str, rng, min_fraction: float = 0.05, max_fraction: float = 1.0,
+                  **base_kwargs) -> Genome:
+    """A valid genome with every width group at a uniform random fraction of its base width.
+
+    ``rng`` is a ``random.Random`` (or anything with ``.uniform``). Selections are clipped to the channels
+    that exist, so the result always validates.
+    """
+    base = base_genome(model, **base_kwargs)
+    base_w = base.groups.base_widths()
+    widths = {g: max(1, int(round(w * rng.uniform(min_fraction, max_fraction)))) for g, w in base_w.items()}
+    return replace(base, name=None, widths=_fit_selects(base, widths))

@@ -124,8 +124,8 @@ NAMED: list[Named] = [
           note="reported as a 5x theoretical speed-up; these widths remove 77.3% of all MACs (4.4x; 4.5x on "
                "conv layers alone) under this package's counting"),
     # Kept blocks per stage from the rethinking paper's reference code notes; a stage with no block keeps its
-    # projection shortcut. The rethinking paper's Scratch-B epochs (117 / 145 / 179 of 100) imply FLOPs ratios
-    # 2-5% lower than this counting gives (123 / 147 / 183): see tests/test_library.py.
+    # projection shortcut. The rethinking paper's Scratch-B epochs (117 / 145 / 179 of 100) are matched within
+    # 5% by this counting (117 / 147 / 171): see tests/test_library.py.
     Named("sss-resnet41", "resnet50", "resnet50", "sss", SSS, blocks=(0, 4, 6, 3)),
     Named("sss-resnet32", "resnet50", "resnet50", "sss", SSS, blocks=(1, 4, 4, 1)),
     Named("sss-resnet26", "resnet50", "resnet50", "sss", SSS, blocks=(0, 2, 5, 1)),

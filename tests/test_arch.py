@@ -1,0 +1,103 @@
+"""Every registered model: builds from random valid genomes, runs forward, and costs exactly what it builds."""
+
+import random
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from prune_nas import build
+from prune_nas.arch import MODELS, list_models
+from prune_nas.cost import count
+from prune_nas.genome import base_genome, random_genome
+
+# Unpruned parameter counts at the models' own class counts (10 on CIFAR, 1000 on ImageNet), cross-checked
+# with published figures: ResNet-56 0.85M, ResNet-110 1.7M, VGG-19 20.04M, PreResNet-164 1.70M,
+# DenseNet-40 1.06M, DenseNet-BC-100 0.77M, ResNet-34 21.8M, ResNet-50 25.56M, VGG-16 138.4M (+BN).
+GOLDEN_PARAMS = {
+    "vgg11": 9_228_362, "vgg13": 9_413_066, "vgg16": 14_724_042, "vgg19": 20_035_018,
+    "vgg16-l1": 14_987_722, "resnet20": 269_722, "resnet32": 464_154, "resnet56": 853_018,
+    "resnet110": 1_727_962, "preresnet110": 1_146_842, "preresnet164": 1_703_258, "densenet40": 1_059_298,
+    "densenet-bc100": 769_162, "resnet34": 21_797_672, "resnet50": 25_557_032, "vgg11-imagenet": 132_866_088,
+    "vgg16-imagenet": 138_361_768,
+}
+# Multiply-accumulates (Li et al. report 3.13E8 for VGG-16, 1.25E8 for ResNet-56, 2.53E8 for ResNet-110,
+# 3.64E9 for ResNet-34; ResNet-50 with stride on the 3x3 conv is 4.09G).
+GOLDEN_MACS = {"vgg16-l1": 313_463_808, "resnet56": 125_485_696, "resnet110": 252_887_680,
+               "resnet34": 3_663_761_408, "resnet50": 4_089_184_256}
+
+# Forward passes run at small inputs to stay fast; the cost cross-check holds at any input size.
+SMALL_INPUT = {name: 32 if spec.input_size > 32 else 16 for name, spec in MODELS.items()}
+
+
+@pytest.mark.parametrize("model", sorted(GOLDEN_PARAMS))
+def test_golden_parameter_counts(model):
+    assert count(base_genome(model)).params == GOLDEN_PARAMS[model]
+
+
+@pytest.mark.parametrize("model", sorted(GOLDEN_MACS))
+def test_golden_macs(model):
+    assert count(base_genome(model)).flops == GOLDEN_MACS[model]
+
+
+def _check(genome):
+    model = build(genome).eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, genome.in_channels, genome.input_size, genome.input_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, genome.num_classes)
+    assert torch.isfinite(y).all()
+    cost = count(genome)
+    assert cost.params == params
+    assert 2 * cost.flops * x.shape[0] == counter.get_total_flops()  # FlopCounterMode: 2 per MAC
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_random_genomes_build_run_and_cost_exactly(model):
+    rng = random.Random(hash(model) % 1000)
+    kwargs = {"input_size": SMALL_INPUT[model]}
+    if "imagenet" in model and MODELS[model].config.get("head") == "fc":
+        kwargs["input_size"] = 224  # the FC head needs 7x7 maps; keep widths tiny instead
+        kwargs["width_mult"] = 1.0
+        rng_genome = random_genome(model, rng, 0.01, 0.03, num_classes=7, **kwargs)
+        _check(rng_genome)
+        return
+    for _ in range(2):
+        _check(random_genome(model, rng, 0.05, 0.5, num_classes=7, **kwargs))
+
+
+@pytest.mark.parametrize("model,blocks", [("resnet56", (9, 0, 4)), ("resnet50", (0, 2, 5, 1)),
+                                          ("preresnet110", (3, 0, 12)), ("resnet34", (0, 4, 6, 3))])
+def test_block_pruned_genomes_including_empty_stages(model, blocks):
+    g = base_genome(model, blocks=blocks, width_mult=0.25, input_size=SMALL_INPUT[model])
+    _check(g)
+
+
+def test_registry_covers_the_required_families():
+    required = {"vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56", "resnet110",
+                "preresnet110", "preresnet164", "densenet40", "densenet-bc100", "resnet34", "resnet50",
+                "vgg11-imagenet", "vgg16-imagenet"}
+    assert required <= set(MODELS)
+    assert {"vgg16", "vgg16-l1"} <= set(list_models("vgg16*"))
+
+
+def test_conv_module_paths_equal_op_names():
+    from prune_nas.cost import ops_of
+
+    for model in ("vgg16", "resnet56", "preresnet110", "densenet-bc100", "resnet50"):
+        g = base_genome(model, width_mult=0.25)
+        built = build(g)
+        convs = {n for n, m in built.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        assert convs == {op.name for op in ops_of(g) if op.kind == "conv"}
+
+
+def test_density_genome_counts_kept_weights_only():
+    from prune_nas.genome import Sparsity
+
+    g = base_genome("vgg16")
+    dense = count(g)
+    sparse = g.replace(sparsity=Sparsity(density={"features.conv13": 0.25}))
+    w = 512 * 512 * 9
+    assert dense.params - count(sparse).params == w - round(0.25 * w)
+    assert dense.flops - count(sparse).flops == (w - round(0.25 * w)) * 2 * 2
