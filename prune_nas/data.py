@@ -37,11 +37,13 @@ from .errors import UserError
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)  # the reference code's values (not the per-pixel std 0.247, 0.243, 0.261)
+# The reference code's std, kept as the paper used it (the per-pixel std would be 0.247, 0.243, 0.261).
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_TEST_SIZE = 360
-NAMES = ("digits", "cifar10", "cifar100", "imagenet", "synthetic")
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000, "synthetic": 10}
+NAMES = tuple(NUM_CLASSES)
 
 
 def default_data_dir() -> Path:
@@ -68,8 +70,9 @@ class Dataset:
         full, rest = divmod(self.train_size, batch_size)
         return full + (rest > 1)
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu", *,
-                      crop_padding: int = 4, flip: bool = True) -> Iterator[Batch]:
+    def train_batches(self, batch_size: int, generator: torch.Generator,
+                      device: str | torch.device = "cpu", *, crop_padding: int = 4,
+                      flip: bool = True) -> Iterator[Batch]:
         raise NotImplementedError
 
     def test_batches(self, batch_size: int, device: str | torch.device = "cpu") -> Iterator[Batch]:
@@ -126,21 +129,30 @@ class TensorDataset(Dataset):
         for i in range(self.steps_per_epoch(batch_size)):
             idx = order[i * batch_size:(i + 1) * batch_size]
             b = len(idx)
-            # Draw every random number on the CPU generator, whatever the device, so batches match across devices.
-            offs = torch.randint(0, 2 * crop_padding + 1, (2, b), generator=generator) if crop_padding else None
+            # Every random number comes from the CPU generator, whatever the device, so batches match across
+            # devices.
+            offs = (torch.randint(0, 2 * crop_padding + 1, (2, b), generator=generator) if crop_padding
+                    else None)
             flips = torch.rand(b, generator=generator) < 0.5 if flip else None
             idx = idx.to(device)
-            x = t["train_x"].index_select(0, idx)
-            if offs is not None:
-                x = random_crop(x, crop_padding, offs.to(device))
-            if flips is not None:
-                x = torch.where(flips.to(device).view(b, 1, 1, 1), x.flip(3), x)
+            x = augment(t["train_x"].index_select(0, idx), crop_padding, offs, flips)
             yield self.normalize(x, t), t["train_y"].index_select(0, idx)
 
     def test_batches(self, batch_size, device="cpu"):
         t = self.on(device)
         for i in range(0, self.test_size, batch_size):
             yield self.normalize(t["test_x"][i:i + batch_size], t), t["test_y"][i:i + batch_size]
+
+
+def augment(x: torch.Tensor, crop_padding: int, offsets: torch.Tensor | None,
+            flips: torch.Tensor | None) -> torch.Tensor:
+    """Crop (``offsets``: (2, B) in [0, 2 * crop_padding]) and flip (``flips``: (B,) bool) a uint8 batch on its
+    own device; either may be None to skip it. The random numbers come in, so callers control the RNG."""
+    if offsets is not None:
+        x = random_crop(x, crop_padding, offsets.to(x.device))
+    if flips is not None:
+        x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    return x
 
 
 def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
@@ -222,7 +234,8 @@ def cifar(name: str, root: Path, download: bool, input_size: int = 32, in_channe
     try:
         parts = [cls(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        raise UserError(f"{name} in {root.resolve()} is unreadable ({e}); pass --download to fetch it again") from None
+        raise UserError(f"{name} in {root.resolve()} is unreadable ({e}); pass --download to fetch it "
+                        "again") from None
     except OSError as e:  # a failed download (no network)
         raise UserError(f"could not download {name} to {root.resolve()}: {e}; fetch it elsewhere and pass "
                         f"--data-dir") from None
@@ -245,8 +258,8 @@ class FolderDataset(Dataset):
         norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         resize = int(round(input_size * 256 / 224))
         self.train_set = datasets.ImageFolder(str(root / "train"), transforms.Compose([
-            transforms.RandomResizedCrop(input_size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-            norm]))
+            transforms.RandomResizedCrop(input_size), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), norm]))
         self.test_set = datasets.ImageFolder(str(root / "val"), transforms.Compose([
             transforms.Resize(resize), transforms.CenterCrop(input_size), transforms.ToTensor(), norm]))
         self.name, self.num_classes, self.workers = name, len(self.train_set.classes), workers

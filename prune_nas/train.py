@@ -20,13 +20,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .data import Dataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .genome import Genome
+    from .store import Store
 
 IMAGENET_RATIO_CAP = 2.0  # ImageNet Scratch-B: ratio >= 2 trains 2 x 90 = 180 epochs (lr steps every 60)
 
@@ -60,7 +66,7 @@ class Protocol:
 
     @classmethod
     def imagenet(cls, **overrides: Any) -> "Protocol":
-        """90 epochs, batch 256, lr 0.1 divided by 10 every 30 epochs (augmentation is the folder loader's)."""
+        """90 epochs, batch 256, lr 0.1 divided by 10 every 30 epochs (the folder loader augments)."""
         return replace(cls(epochs=90, batch_size=256, lr_steps=(1 / 3, 2 / 3), crop_padding=0), **overrides)
 
     @classmethod
@@ -80,8 +86,9 @@ class Protocol:
         return replace(self, epochs=int(epochs))
 
     def lr_milestones(self) -> list[int]:
-        # The small epsilon keeps 2/3 * 90 at 60 despite binary fractions; int() floors otherwise.
-        return [int(f * self.epochs + 1e-9) for f in self.lr_steps]
+        """0-based epochs at whose start the lr drops. The epsilon keeps 2/3 * 90 at 60 despite binary
+        fractions (int() floors otherwise); no step comes before epoch 1, so a short run starts at ``lr``."""
+        return [max(1, int(f * self.epochs + 1e-9)) for f in self.lr_steps]
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
@@ -161,7 +168,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     model initialisation is the caller's. A non-finite training loss ends the run with ``status="failed"``
     and the reason; the model is left as it was at that point.
 
-    >>> from prune_nas import base_genome, build
+    >>> from prune_nas.build import build
+    >>> from prune_nas.genome import base_genome
     >>> from prune_nas.data import load_dataset
     >>> g = base_genome("vgg11", width_mult=0.125, input_size=16)
     >>> h = train_model(build(g), load_dataset("synthetic", input_size=16), Protocol(epochs=1), seed=0,
@@ -196,8 +204,9 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            for x, y in dataset.train_batches(protocol.batch_size, gen, device, crop_padding=protocol.crop_padding,
-                                              flip=protocol.flip):
+            batches = dataset.train_batches(protocol.batch_size, gen, device,
+                                            crop_padding=protocol.crop_padding, flip=protocol.flip)
+            for x, y in batches:
                 out = model(x)
                 loss = F.cross_entropy(out, y)
                 for fn in extra_loss:
@@ -256,3 +265,223 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: str | torch.devic
         n += len(y)
     n = max(n, 1)
     return {"top1": float(top1) / n, "top5": float(top5) / n if k5 else None, "loss": float(loss) / n}
+
+
+# ---- budgets, run specs, reuse -----------------------------------------------------------------------------
+RUN_FORMAT = "prune-nas.run"
+RUN_VERSION = 1
+INITS = ("scratch", "finetune")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train. ``epochs`` (Scratch-E): the base epochs as they are. ``flops`` (Scratch-B): the
+    same training FLOPs as ``reference`` trained for the base epochs, ``cap`` bounding the FLOPs ratio.
+    ``epochs=None`` takes the protocol's epochs."""
+
+    kind: str = "epochs"
+    epochs: int | None = None
+    reference: "Genome | None" = None
+    cap: float | None = None
+
+    def __post_init__(self) -> None:
+        from .errors import UserError
+
+        if self.kind not in ("epochs", "flops"):
+            raise UserError(f"unknown budget {self.kind!r}; use 'epochs' (Scratch-E) or 'flops' (Scratch-B)")
+        if self.kind == "flops" and self.reference is None:
+            raise UserError("a flops budget (Scratch-B) needs a reference genome")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+
+    def resolve(self, genome: "Genome", base_epochs: int) -> dict:
+        """The budget with every number filled in: base epochs, FLOPs of both genomes, ratio, epochs."""
+        from .cost import count
+
+        base = self.epochs or base_epochs
+        out: dict[str, Any] = {"kind": self.kind, "base_epochs": base}
+        if self.kind == "epochs":
+            return {**out, "epochs": base}
+        ref, cand = count(self.reference).flops, count(genome).flops
+        return {**out, "reference": self.reference.key, "reference_flops": ref, "candidate_flops": cand,
+                "ratio": round(ref / cand, 6), "cap": self.cap,
+                "epochs": scratch_b_epochs(ref, cand, base, self.cap)}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one training run. Its ``key`` hashes canonical JSON of the architecture
+    (not the genome's name), dataset, effective protocol, resolved budget, seed and initialisation, so the
+    same run asked for twice is trained once. Where the data lives and which device runs it are not part of
+    the key; the record says which device produced it.
+
+    ``init="finetune"`` starts from the inherited weights named by ``genome.provenance["weights"]``
+    (``{"file": relative .pt path, "sha256": ...}``); their hash is part of the key.
+    """
+
+    genome: "Genome"
+    dataset: str
+    protocol: Protocol = field(default_factory=Protocol)
+    budget: Budget = field(default_factory=Budget)
+    seed: int = 0
+    init: str = "scratch"
+
+    def __post_init__(self) -> None:
+        from .errors import UserError
+
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
+
+    def resolved_budget(self) -> dict:
+        return self.budget.resolve(self.genome, self.protocol.epochs)
+
+    def effective_protocol(self) -> Protocol:
+        return self.protocol.with_epochs(self.resolved_budget()["epochs"])
+
+    def init_dict(self) -> dict:
+        if self.init == "scratch":
+            return {"kind": "scratch"}
+        return {"kind": "finetune", "weights_sha256": inherited_weights(self.genome)[1]}
+
+    def key_dict(self) -> dict:
+        return {"format": RUN_FORMAT, "version": RUN_VERSION, "genome": self.genome.arch_dict(),
+                "dataset": self.dataset, "protocol": self.effective_protocol().to_dict(),
+                "budget": self.resolved_budget(), "seed": self.seed, "init": self.init_dict()}
+
+    @property
+    def key(self) -> str:
+        from .genome import _hash
+
+        return _hash(self.key_dict())
+
+    def to_dict(self) -> dict:
+        """The key's content plus the names a reader wants (genome and reference names, provenance)."""
+        d = self.key_dict()
+        d["genome"] = self.genome.to_dict()
+        if self.budget.reference is not None:
+            d["budget"]["reference_name"] = self.budget.reference.name
+        return d
+
+
+def inherited_weights(genome: "Genome") -> tuple["Path", str]:
+    """Path and SHA-256 of the inherited weights a genome names in ``provenance["weights"]``."""
+    from pathlib import Path
+
+    from .errors import UserError
+    from .sparsity import file_sha256
+
+    ref = genome.provenance.get("weights")
+    if not ref:
+        raise UserError(f"genome {genome.name or genome.key} names no inherited weights "
+                        "(provenance.weights); fine-tuning needs the pruning method's output")
+    file, sha = (ref["file"], ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
+    path = (genome.source_dir or Path.cwd()) / file
+    if not path.exists():
+        raise UserError(f"inherited weights not found: {path}")
+    actual = file_sha256(path)
+    if sha is not None and sha != actual:
+        raise UserError(f"inherited weights {path} do not match the sha256 recorded in the genome")
+    return path, actual
+
+
+def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome":
+    """Save inherited weights next to a genome file and return the genome naming them (file + sha256).
+    ``path`` is the .pt file; the genome should be saved in the same folder."""
+    import os
+    import tempfile
+
+    from .sparsity import file_sha256
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
+    os.close(fd)
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+    os.replace(tmp, path)
+    weights = {"file": path.name, "sha256": file_sha256(path)}
+    return genome.replace(provenance={**genome.provenance, "weights": weights}, source_dir=path.parent)
+
+
+def init_model(spec: RunSpec) -> nn.Module:
+    """A fresh model for the spec (seeded by the spec's seed), or the inherited weights for fine-tuning."""
+    from .build import build
+
+    torch.manual_seed(spec.seed)
+    model = build(spec.genome)
+    if spec.init == "finetune":
+        from .errors import UserError
+
+        path, _ = inherited_weights(spec.genome)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("weight_mask")]  # masks come from the genome
+        if missing or unexpected:
+            raise UserError(f"inherited weights {path} do not fit the genome: missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}")
+        with torch.no_grad():  # the genome's mask wins over whatever the file holds
+            for m in model.modules():
+                if hasattr(m, "weight_mask"):
+                    m.weight.mul_(m.weight_mask)
+    return model
+
+
+def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", progress: bool = True,
+        dataset: Dataset | None = None, data_dir: Any = None, download: bool = False,
+        retry_failed: bool = False, save_weights: bool = False, desc: str = "") -> dict:
+    """Train ``spec`` and store its record, or return the stored record when the spec already ran.
+
+    A failed run (non-finite loss) is stored too and reused like a finished one unless ``retry_failed``.
+    ``dataset`` lets a caller load a dataset once for many runs.
+    """
+    from . import __version__
+    from .cost import count
+    from .data import load_dataset
+    from .errors import UserError
+
+    key = spec.key
+    found = store.get(key)
+    if found is not None and (found.get("status") == "ok" or not retry_failed):
+        return found
+    g = spec.genome
+    if dataset is None:
+        dataset = load_dataset(spec.dataset, data_dir=data_dir, download=download, input_size=g.input_size,
+                               in_channels=g.in_channels)
+    if dataset.num_classes != g.num_classes:
+        raise UserError(f"genome {g.name or g.key} has {g.num_classes} classes, {dataset.name} has "
+                        f"{dataset.num_classes}")
+    protocol = spec.effective_protocol()
+    model = init_model(spec)
+    history = train_model(model, dataset, protocol, seed=spec.seed, device=device, progress=progress,
+                          desc=desc or (g.name or g.key))
+    cost = count(g)
+    summary = history.summary()
+    if dataset.num_classes <= 10:
+        summary.pop("final_top5"), summary.pop("best_top5")
+    record = {"format": RUN_FORMAT, "version": RUN_VERSION, "key": key, **summary,
+              "spec": spec.to_dict(), "genome_name": g.name, "dataset": dataset.info(),
+              "protocol": protocol.to_dict(), "epochs": protocol.epochs, "params": cost.params,
+              "flops": cost.flops, "curve": history.curve, "wall_time_s": history.wall_time_s,
+              "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "prune_nas": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if save_weights and not history.failed:
+        path = store.weights_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        record["weights"] = path.name
+    store.put(record)
+    return record
+
+
+def _device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:  # Linux: the CPU's marketing name says more than "x86_64"
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu:{name} ({os.cpu_count()} cores)"
