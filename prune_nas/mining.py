@@ -28,14 +28,14 @@ from __future__ import annotations
 import glob
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import UserError
-from .genome import Genome, atomic_write_text, conv_ops, load_genome
+from .genome import Genome, atomic_write_text, base_genome, conv_ops, load_genome
 
 FORMAT = "prune-nas.pattern"
 VERSION = 1
@@ -61,7 +61,9 @@ class Pattern:
     stages: list  # [{"stage", "ratio", "ratio_std", "by_kind", "groups"}]
     pruned_kinds: list
     sparse: dict | None = None  # {"stages": [{"stage", "kernel_keep", "density", "kernels"}], "layers": [...]}
-    size: dict | None = None  # fraction of the base model's params / flops the runs kept: {"params": [mean, std]}
+    size: dict | None = None  # fraction of the reference's params / flops the runs kept: {"params": [mean, std]}
+    # The unpruned model the runs pruned: {"name", "width"}; width is its multiplier on the named base model.
+    reference: dict = field(default_factory=lambda: {"name": None, "width": 1.0})
     extra: dict = field(default_factory=dict)  # producer info, kept as is
 
     @property
@@ -96,7 +98,7 @@ class Pattern:
                 "dataset": self.dataset, "method": self.method, "runs": self.runs, "input": self.input,
                 "blocks": self.blocks, "sources": self.sources, "pruned_kinds": self.pruned_kinds,
                 "stages": self.stages, "layers": self.layers, "sparse": self.sparse, "size": self.size,
-                **self.extra}
+                "reference": self.reference, **self.extra}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "pattern") -> "Pattern":
@@ -108,7 +110,8 @@ class Pattern:
             p = cls(family=d["family"], model=d["model"], dataset=d["dataset"], method=d["method"],
                     input=dict(d["input"]), blocks=d["blocks"], sources=list(d["sources"]),
                     layers=list(d["layers"]), stages=list(d["stages"]), pruned_kinds=list(d["pruned_kinds"]),
-                    sparse=d.get("sparse"), size=d.get("size"), extra={k: d[k] for k in ("producer",) if k in d})
+                    sparse=d.get("sparse"), size=d.get("size"),
+                    reference=dict(d.get("reference") or {"name": d["model"], "width": 1.0}), extra={k: d[k] for k in ("producer",) if k in d})
             _check_pattern(p)
         except (KeyError, TypeError, ValueError, StopIteration) as e:
             what = f"missing field {e}" if isinstance(e, KeyError) else f"bad field ({e})"
@@ -123,6 +126,8 @@ def _check_pattern(p: Pattern) -> None:
         raise ValueError(f"unknown model {p.model!r}")
     if get_spec(p.model).family != p.family or not p.sources or not p.stages or not p.layers:
         raise ValueError("family, sources, stages and layers must be consistent and non-empty")
+    if not float(p.reference.get("width", 1.0)) > 0:
+        raise ValueError("reference width must be > 0")
     for s in p.stages:
         if not 0 < float(s["ratio"]) <= 1 or int(s["stage"]) < 1:
             raise ValueError(f"stage {s.get('stage')} ratio {s.get('ratio')}")
@@ -180,6 +185,8 @@ def run_info(genome: Genome, path: str | Path) -> dict:
         return v if v is not None else named.get(key)
 
     ratio, seed = pick("ratio"), pick("seed")
+    if ratio is None and isinstance(prov.get("params"), dict):  # methods record their arguments under "params"
+        ratio = prov["params"].get("ratio")
     return {"dataset": str(pick("dataset") or "unknown"), "method": str(pick("method") or "unknown"),
             "ratio": float(ratio) if ratio is not None else None, "seed": int(seed) if seed is not None else None}
 
@@ -201,12 +208,15 @@ def mine_genomes(genomes: Sequence[Genome], files: Sequence[str]) -> Pattern:
     _same("method", [i["method"] for i in infos], files)
     _same("blocks per stage", [tuple(g.blocks) if g.blocks else None for g in genomes], files,
           why="width patterns need the same layers in every run")
+    refs = [reference_genome(g) for g in genomes]
+    _same("reference model", [r.name or r.model for r in refs], files,
+          why="kept ratios are measured against the model each run pruned")
     sparse = [g.sparsity is not None for g in genomes]
     if any(sparse) and not all(sparse):
         raise UserError(f"cannot mine dense and sparse genomes together ({_first(files, sparse, True)} is sparse, "
                         f"{_first(files, sparse, False)} is not)")
     first = genomes[0]
-    layers, stages, pruned = _width_pattern(genomes)
+    layers, stages, pruned = _width_pattern(genomes, refs[0])
     sources = [{"file": f, "key": g.key, "seed": i["seed"], "ratio": i["ratio"]}
                for g, f, i in zip(genomes, files, infos)]
     from . import __version__
@@ -216,7 +226,8 @@ def mine_genomes(genomes: Sequence[Genome], files: Sequence[str]) -> Pattern:
                           "channels": first.in_channels},
                    blocks=list(first.blocks) if first.blocks else None, sources=sources, layers=layers,
                    stages=stages, pruned_kinds=pruned, sparse=_kernel_pattern(genomes) if all(sparse) else None,
-                   size=_sizes(genomes),
+                   size=_sizes(genomes, refs[0]),
+                   reference={"name": refs[0].name or refs[0].model, "width": _width_of(first)},
                    extra={"producer": {"prune_nas_version": __version__}})
 
 
@@ -233,9 +244,36 @@ def _first(files, flags, value):
     return files[flags.index(value)]
 
 
-def _width_pattern(genomes: Sequence[Genome]) -> tuple[list, list, list]:
+def _width_of(genome: Genome) -> float:
+    src = genome.provenance.get("source")
+    return float(src.get("width") or 1.0) if isinstance(src, dict) else 1.0
+
+
+def reference_genome(genome: Genome) -> Genome:
+    """The unpruned model a run pruned, whose widths its kept ratios are measured against: the named base
+    model at the width multiplier the run records (``provenance.source.width``, as ``discover`` writes it),
+    else its recorded ``reference`` genome when that resolves (a file beside it, or a library name)."""
+    kw = dict(num_classes=genome.num_classes, input_size=genome.input_size, in_channels=genome.in_channels)
+    width = _width_of(genome)
+    ref = genome.provenance.get("reference")
+    if width == 1.0 and isinstance(ref, str) and ref not in _models():
+        beside = genome.source_dir / f"{ref}.json" if genome.source_dir else None
+        try:
+            if beside is not None and beside.exists():
+                return load_genome(beside)
+            from .library import resolve_genome
+
+            return resolve_genome(ref)
+        except UserError:
+            pass  # an unresolvable reference: fall back to the base model
+    g = base_genome(genome.model, width_mult=width, **kw)
+    return g if width != 1.0 else replace(g, name=genome.model)
+
+
+def _width_pattern(genomes: Sequence[Genome], reference: Genome) -> tuple[list, list, list]:
     groups = genomes[0].groups
-    base = groups.base_widths()
+    full = groups.base_widths()
+    base = {n: reference.widths.get(n, full[n]) for n in groups.names}
     w = np.array([[g.widths[n] for n in groups.names] for g in genomes], dtype=float)  # runs x groups
     mean, std = w.mean(axis=0), w.std(axis=0)
     kinds = [groups.kind(n) for n in groups.names]
@@ -259,13 +297,10 @@ def _width_pattern(genomes: Sequence[Genome]) -> tuple[list, list, list]:
     return layers, stages, pruned
 
 
-def _sizes(genomes: Sequence[Genome]) -> dict:
+def _sizes(genomes: Sequence[Genome], reference: Genome) -> dict:
     from .cost import count
-    from .genome import base_genome
 
-    g = genomes[0]
-    ref = count(base_genome(g.model, num_classes=g.num_classes, input_size=g.input_size,
-                            in_channels=g.in_channels, blocks=None))
+    ref = count(reference)
     costs = [count(x) for x in genomes]
     out = {}
     for by in ("params", "flops"):

@@ -76,16 +76,26 @@ def stage_map(source_stages: int, target_stages: int) -> dict[int, int]:
             for t in range(1, target_stages + 1)}
 
 
-def target_base(pattern: Pattern, model: str, dataset: str | None = None) -> Genome:
-    """The unpruned target genome: the source runs' input and classes when the dataset is theirs, else the
-    dataset's classes at the model's default input."""
+def target_base(pattern: Pattern, model: str, dataset: str | None = None, width: float | None = None) -> Genome:
+    """The unpruned target genome that sizes are measured against. On the source runs' dataset: their input,
+    classes and width multiplier (``discover`` prunes narrow models on digits); on another dataset: its
+    classes at the model's default input, full width. ``width`` overrides the multiplier."""
     dataset = dataset or pattern.dataset
     if dataset == pattern.dataset:
-        return base_genome(model, num_classes=pattern.input["num_classes"], input_size=pattern.input["size"],
-                           in_channels=pattern.input["channels"])
-    if dataset not in NUM_CLASSES:
+        kw = dict(num_classes=pattern.input["num_classes"], input_size=pattern.input["size"],
+                  in_channels=pattern.input["channels"])
+        width = float(pattern.reference.get("width", 1.0)) if width is None else width
+    elif dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
-    return base_genome(model, num_classes=NUM_CLASSES[dataset])
+    else:
+        kw = dict(num_classes=NUM_CLASSES[dataset])
+    width = 1.0 if width is None else float(width)
+    if not width > 0:
+        raise UserError(f"--width must be > 0, got {width:g}")
+    g = base_genome(model, width_mult=width, **kw)
+    if width != 1.0:  # named after the dataset too, as discover names its narrow reference models
+        g = replace(g, name=f"{model}-x{width:g}-{dataset}")
+    return g
 
 
 def check_sizes(sizes: Sequence[float]) -> list[float]:
@@ -140,8 +150,8 @@ def group_ratios(pattern: Pattern, target: Genome) -> dict[str, float | None]:
 
 
 def widths_at(target: Genome, ratios: dict[str, float | None], factor: float) -> dict[str, int]:
-    """Widths with every ratio scaled by ``factor`` (capped at the base width, at least one channel)."""
-    base = target.groups.base_widths()
+    """Widths with every ratio scaled by ``factor`` (capped at the target's width, at least one channel)."""
+    base = target.widths
     w = {n: base[n] if r is None else max(1, min(base[n], int(round(base[n] * r * factor))))
          for n, r in ratios.items()}
     return _clip_selects(target, w)
@@ -312,12 +322,21 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
              sparse: bool | None = None, by: str = "params", seed: int = 0, kind: str = "guided",
              pattern_file: str | None = None) -> list[tuple[Path, Genome, dict]]:
     """Guided (or transferred) genomes of ``target`` at each size, written to ``out_dir/<stem>-<size>.json``.
-    ``sparse=None`` picks Guided Sparsifying for patterns of sparse genomes, else Guided Pruning."""
+    ``sparse=None`` picks Guided Sparsifying for patterns of sparse genomes, else Guided Pruning. A narrow
+    ``target`` (width multiplier) is written beside them and recorded as their ``reference``."""
     from . import __version__
 
     sizes = check_sizes(sizes)
     sparse = bool(pattern.sparse) if sparse is None else sparse
     smap = stage_map(pattern.n_stages, n_stages(target.model, target.blocks))
+    reference = target.model
+    if target.groups.base_widths() != dict(target.widths):
+        # A narrow target: write it beside the genomes so reductions and Scratch-B budgets can be measured
+        # against it (an absolute path, as discover records its narrow references outside the library).
+        ref_path = Path(out_dir) / f"{target.name}.json"
+        save_genome(replace(target, provenance={"method": "unpruned", "reference": target.model,
+                                                "prune_nas_version": __version__}), ref_path)
+        reference = str(ref_path.resolve())
     out = []
     for size in sizes:
         if sparse:
@@ -326,7 +345,7 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
             (genome, info), masks = guided_widths(pattern, target, size, by=by), None
         name = f"{stem}-{_fmt(size)}"
         method = f"{kind}-{'sparsifying' if sparse else 'pruning'}"
-        prov = {"method": method, "reference": target.model, "pattern": pattern.source_summary(),
+        prov = {"method": method, "reference": reference, "pattern": pattern.source_summary(),
                 "pattern_file": pattern_file, "stage_map": {str(t): s for t, s in smap.items()},
                 "size": {"by": by, "target": size, "achieved": round(info["achieved"], 6)},
                 "prune_nas_version": __version__}
@@ -340,7 +359,19 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
 
 # ---- transfer ----------------------------------------------------------------------------------------------------
 def discovered_files(model: str, dataset: str, method: str, folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob(f"{model}-{dataset}-{method}-*.json"))
+    """Discovered runs: ``<model>[-x<width>]-<dataset>-<method>-*.json`` (not the ``.masks``/reference files)."""
+    folder = Path(folder)
+    files = set(folder.glob(f"{model}-{dataset}-{method}-*.json"))
+    files |= {p for p in folder.glob(f"{model}-x*-{dataset}-{method}-*.json")
+              if p.name.startswith(f"{model}-x") and _is_width(p.name[len(model) + 2:].split("-", 1)[0])}
+    return sorted(files)
+
+
+def _is_width(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def source_pattern(source: str, method: str, discovered_dir: Path, *, discover: bool = True, runs: int = 3,
@@ -350,14 +381,15 @@ def source_pattern(source: str, method: str, discovered_dir: Path, *, discover: 
     none on disk, run the discovery first (``runs`` seeds at ``ratio``) or, if ``discover`` is False, refuse."""
     model, dataset = parse_name(source)
     files = discovered_files(model, dataset, method, discovered_dir)
-    where = f"{Path(discovered_dir).as_posix()}/{model}-{dataset}-{method}-*.json"
+    where = f"{Path(discovered_dir).as_posix()}/{model}[-x<width>]-{dataset}-{method}-*.json"
     if not files:
         hint = f"`prune-nas discover --method {method} --model {model} --dataset {dataset}` creates them"
         if not discover:
             raise UserError(f"no pruned runs of {source} by {method} found ({where}); {hint}, or drop "
                             "--no-discover to run it now")
         say(f"no pruned runs of {source} by {method} found; running discovery ({runs} runs) first")
-        files = [Path(p) for p in run_discovery(method, model, dataset, ratio, range(runs), **(discover_kwargs or {}))]
+        kwargs = {"out_dir": discovered_dir, **(discover_kwargs or {})}
+        files = run_discovery(method, model, dataset, ratio, range(runs), **kwargs)
     return mine(files)
 
 
@@ -368,15 +400,18 @@ def run_discovery(method: str, model: str, dataset: str, ratio: float, seeds, **
     except ImportError as e:
         raise UserError(f"cannot run discovery here ({e}); create the runs with `prune-nas discover` first, "
                         "or give --pattern") from None
-    return [Path(discover(method=method, model=model, dataset=dataset, ratio=ratio, seed=s, **kwargs))
-            for s in seeds]
+    out = []
+    for s in seeds:
+        found = discover(method, model=model, dataset=dataset, ratio=ratio, seed=s, **kwargs)
+        out.append(Path(getattr(found, "path", found)))  # a Discovered record (or a path)
+    return out
 
 
 def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = "slimming",
              pattern: Pattern | None = None, discovered_dir: Path, out_dir: Path, sparse: bool | None = None,
              by: str = "params", seed: int = 0, discover: bool = True, runs: int = 3, ratio: float = 0.4,
              pattern_out: Path | None = None, say: Callable[[str], None] = print,
-             discover_kwargs: dict | None = None) -> list[tuple[Path, Genome, dict]]:
+             discover_kwargs: dict | None = None, width: float | None = None) -> list[tuple[Path, Genome, dict]]:
     """Transferred genomes: ``source`` runs' pattern applied to ``target`` (both ``<model>-<dataset>``),
     written as ``out_dir/<source>-to-<target>-<method>[-sparse]-<size>.json``."""
     t_model, t_dataset = parse_name(target)
@@ -390,6 +425,6 @@ def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = 
             save_pattern(pattern, pattern_out)
     sparse = bool(pattern.sparse) if sparse is None else sparse
     stem = f"{source}-to-{target}-{pattern.method}" + ("-sparse" if sparse else "")
-    return generate(pattern, target_base(pattern, t_model, t_dataset), sizes, out_dir, stem, sparse=sparse, by=by,
+    return generate(pattern, target_base(pattern, t_model, t_dataset, width), sizes, out_dir, stem, sparse=sparse, by=by,
                     seed=seed, kind="transferred",
                     pattern_file=pattern_out.as_posix() if pattern_out is not None else None)

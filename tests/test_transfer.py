@@ -17,7 +17,7 @@ from prune_nas.errors import UserError
 from prune_nas.genome import Sparsity, base_genome, conv_ops, load_genome, save_genome
 from prune_nas.mining import mine, mine_genomes
 from prune_nas.sparsity import file_sha256, load_masks
-from prune_nas.transfer import (group_ratios, guided_sparse, guided_widths, n_stages, parse_name, sample_mask,
+from prune_nas.transfer import (discovered_files, generate, group_ratios, guided_sparse, guided_widths, n_stages, parse_name, sample_mask,
                                 stage_map, target_base, transfer, write_genome)
 
 PAPER_VGG16 = [39, 64, 128, 128, 255, 250, 226, 217, 120, 63, 48, 62, 89]  # Table 8, slimming at 40%
@@ -263,7 +263,7 @@ def test_transfer_vgg16_cifar10_to_vgg19_cifar100(tmp_path):
 
 def test_transfer_no_runs_with_no_discover_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"no pruned runs of vgg16-cifar10 by slimming found .*"
-                                         r"vgg16-cifar10-slimming-\*\.json.*prune-nas discover"):
+                                         r"vgg16\[-x<width>\]-cifar10-slimming-\*\.json.*prune-nas discover"):
         transfer("vgg16-cifar10", "vgg19-cifar100", [0.3], discovered_dir=tmp_path, out_dir=tmp_path / "o",
                  discover=False)
     assert not (tmp_path / "o").exists()
@@ -347,3 +347,46 @@ def test_guided_widths_hit_any_size(model, seed, size, by):
     target = target_base(p, model)
     genome, _ = guided_widths(p, target, size, by=by)
     assert within_one_channel(genome, target, group_ratios(p, target), size * getattr(count(target), by), by)
+
+
+# ---- narrow runs (discover prunes width-multiplied models on digits) ------------------------------------------
+def narrow_runs(folder: Path, width=0.25, runs=2) -> list[Path]:
+    """Runs as discover writes them on digits: VGG-16 at a quarter width, provenance.source.width = 0.25."""
+    base = base_genome("vgg16", width_mult=width)
+    save_genome(base.replace(name=f"vgg16-x{width:g}-digits"), folder / f"vgg16-x{width:g}-digits.json")
+    out = []
+    for k in range(runs):
+        w = {n: max(1, v // (2 if base.groups.stage(n) >= 4 else 1) - k) for n, v in base.widths.items()}
+        prov = {"method": "slimming", "dataset": "digits", "seed": k, "ratio": 0.4,
+                "reference": f"vgg16-x{width:g}-digits", "source": {"model": "vgg16", "width": width}}
+        out.append(save_genome(base.replace(widths=w, provenance=prov),
+                               folder / f"vgg16-x{width:g}-digits-slimming-r0.4-s{k}.json"))
+    return out
+
+
+def test_narrow_runs_are_measured_against_their_narrow_model(tmp_path):
+    files = narrow_runs(tmp_path)
+    save_genome(base_genome("vgg16-l1"), tmp_path / "vgg16-l1-digits-slimming-r0.4-s0.json")  # another model
+    assert discovered_files("vgg16", "digits", "slimming", tmp_path) == files
+    p = mine(files)
+    assert p.reference == {"name": "vgg16-x0.25", "width": 0.25}
+    assert p.layer("conv1")["base"] == 16 and p.layer("conv13")["base"] == 128
+    assert p.stage(1)["ratio"] == pytest.approx((16 + 15) / 2 / 16)
+    assert p.stage(5)["ratio"] == pytest.approx((64 + 63) / 2 / 128)
+    assert p.size["params"][0] < 0.5  # of the narrow model, not of the full VGG-16 (that would be < 0.05)
+
+
+def test_guided_narrow_target_writes_and_references_its_base(tmp_path):
+    from prune_nas.library import reference_of
+
+    p = mine(narrow_runs(tmp_path))
+    target = target_base(p, "vgg19")
+    assert target.widths["conv1"] == 16 and target.name == "vgg19-x0.25-digits"
+    (path, genome, _), = generate(p, target, [0.4], tmp_path / "g", "vgg19-digits-slimming-guided")
+    ref = reference_of(load_genome(path))
+    assert ref.widths == target.widths and (tmp_path / "g" / "vgg19-x0.25-digits.json").exists()
+    assert count(genome).params == pytest.approx(0.4 * count(target).params, rel=0.02)
+    assert all(genome.widths[n] <= target.widths[n] for n in genome.widths)
+    full = target_base(p, "vgg19", "cifar100")
+    assert full.widths["conv1"] == 64 and full.num_classes == 100
+    assert target_base(p, "vgg19", width=0.5).widths["conv1"] == 32

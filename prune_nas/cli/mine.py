@@ -75,6 +75,9 @@ def _design_args(q) -> None:
     mode.add_argument("--pruning", dest="sparse", action="store_false",
                       help="Guided Pruning (widths); default for patterns of dense genomes")
     q.add_argument("--seed", type=int, default=0, help="seed of the sampled masks (--sparse only; default 0)")
+    q.add_argument("--width", type=float, default=None,
+                   help="width multiplier of the unpruned target that sizes are measured against (default: the "
+                        "source runs' own, e.g. 0.25 for discover's digits runs, on their dataset; else 1)")
     q.add_argument("--out-dir", type=Path, default=None, help="where genomes go (default artifacts/genomes/guided, or .../transferred)")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -170,7 +173,7 @@ def cmd_guide(args) -> int:
     dataset = args.dataset or pattern.dataset
     sparse = bool(pattern.sparse) if args.sparse is None else args.sparse
     stem = f"{model}-{dataset}-{pattern.method}-guided" + ("-sparse" if sparse else "")
-    results = generate(pattern, target_base(pattern, model, dataset), args.sizes,
+    results = generate(pattern, target_base(pattern, model, dataset, args.width), args.sizes,
                        args.out_dir or _dirs()["guided"], stem, sparse=sparse, by=args.by, seed=args.seed,
                        pattern_file=args.pattern.as_posix())
     _report(results, args)
@@ -194,7 +197,7 @@ def cmd_transfer(args) -> int:
                        discovered_dir=args.discovered_dir or dirs["discovered"],
                        out_dir=out_dir, sparse=args.sparse, by=args.by,
                        seed=args.seed, discover=not args.no_discover, runs=args.runs, ratio=args.ratio,
-                       pattern_out=pattern_out, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       pattern_out=pattern_out, width=args.width, say=lambda msg: print(msg, file=sys.stderr, flush=True))
     if pattern_out is not None and not args.json:
         print(f"mined {pattern_out}")
     _report(results, args)
