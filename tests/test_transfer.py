@@ -390,3 +390,24 @@ def test_guided_narrow_target_writes_and_references_its_base(tmp_path):
     full = target_base(p, "vgg19", "cifar100")
     assert full.widths["conv1"] == 64 and full.num_classes == 100
     assert target_base(p, "vgg19", width=0.5).widths["conv1"] == 32
+
+
+def test_run_discovery_calls_the_methods_discover(tmp_path, monkeypatch):
+    """run_discovery calls prune_nas.methods.discover.discover once per seed and takes the written paths."""
+    import types
+
+    from prune_nas.transfer import run_discovery
+
+    disc = pytest.importorskip("prune_nas.methods.discover")
+
+    calls = []
+
+    def fake(method, **kw):
+        calls.append((method, kw))
+        return types.SimpleNamespace(path=tmp_path / f"run-{kw['seed']}.json")
+
+    monkeypatch.setattr(disc, "discover", fake)
+    paths = run_discovery("slimming", "vgg16", "digits", 0.4, range(2), out_dir=tmp_path)
+    assert paths == [tmp_path / "run-0.json", tmp_path / "run-1.json"]
+    assert calls[1] == ("slimming", {"model": "vgg16", "dataset": "digits", "ratio": 0.4, "seed": 1,
+                                     "out_dir": tmp_path})

@@ -142,7 +142,7 @@ def cmd_mine(args) -> int:
 
 def print_pattern(pattern) -> None:
     print(f"Pattern of {pattern.model} on {pattern.dataset} by {pattern.method}: {pattern.runs} runs "
-          f"(seeds {', '.join(str(s['seed']) for s in pattern.sources)})")
+          f"(seeds {', '.join(str(s['seed']) for s in pattern.sources)}); base = {pattern.reference['name']}")
     if pattern.size:
         print("  the runs keep " + ", ".join(f"{m:.1%} ± {sd:.1%} of the base model's {by}"
                                             for by, (m, sd) in pattern.size.items()))
