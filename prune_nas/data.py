@@ -19,7 +19,8 @@ Names:
 
 In-memory datasets keep uint8 NCHW tensors (one copy per device, made on first use); a batch is cropped,
 flipped and normalised on its device as whole-batch tensor ops. All randomness (shuffle, crop offsets, flips)
-comes from one ``torch.Generator`` on the CPU, so an epoch's batches are the same on any device.
+comes from one ``torch.Generator`` on the CPU, so an epoch sees the same images, crops and flips on any device
+(normalised values may differ in the last bit between CPU and GPU arithmetic).
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ class TensorDataset(Dataset):
 
 def augment(x: torch.Tensor, crop_padding: int, offsets: torch.Tensor | None,
             flips: torch.Tensor | None) -> torch.Tensor:
-    """Crop (``offsets``: (2, B) in [0, 2 * crop_padding]) and flip (``flips``: (B,) bool) a uint8 batch on its
-    own device; either may be None to skip it. The random numbers come in, so callers control the RNG."""
+    """Crop (``offsets``: (2, B) in [0, 2 * crop_padding]) and flip (``flips``: (B,) bool) a uint8 batch on
+    its own device; either may be None to skip it. The random numbers come in, so callers own the RNG."""
     if offsets is not None:
         x = random_crop(x, crop_padding, offsets.to(x.device))
     if flips is not None:

@@ -91,8 +91,8 @@ class Protocol:
         return [max(1, int(f * self.epochs + 1e-9)) for f in self.lr_steps]
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of 0-based ``epoch``."""
-        return self.lr * self.lr_gamma ** sum(epoch >= m for m in self.lr_milestones())
+        """Learning rate of 0-based ``epoch``, to 12 significant digits (0.001, not 0.0010000000000000002)."""
+        return float(f"{self.lr * self.lr_gamma ** sum(epoch >= m for m in self.lr_milestones()):.12g}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -426,11 +426,14 @@ def init_model(spec: RunSpec) -> nn.Module:
 
 def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", progress: bool = True,
         dataset: Dataset | None = None, data_dir: Any = None, download: bool = False,
-        retry_failed: bool = False, save_weights: bool = False, desc: str = "") -> dict:
+        retry_failed: bool = False, save_weights: bool = False, desc: str = "",
+        callbacks: Iterable[Any] = ()) -> dict:
     """Train ``spec`` and store its record, or return the stored record when the spec already ran.
 
     A failed run (non-finite loss) is stored too and reused like a finished one unless ``retry_failed``.
-    ``dataset`` lets a caller load a dataset once for many runs.
+    ``dataset`` lets a caller load a dataset once for many runs. ``callbacks`` (see :func:`train_model`) may
+    only observe, e.g. report each epoch or stop the run by raising (then nothing is stored); they are not
+    part of the run's key.
     """
     from . import __version__
     from .cost import count
@@ -451,7 +454,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     protocol = spec.effective_protocol()
     model = init_model(spec)
     history = train_model(model, dataset, protocol, seed=spec.seed, device=device, progress=progress,
-                          desc=desc or (g.name or g.key))
+                          desc=desc or (g.name or g.key), callbacks=callbacks)
     cost = count(g)
     summary = history.summary()
     if dataset.num_classes <= 10:
