@@ -380,7 +380,8 @@ def figure_paths(pattern_path: str | Path) -> dict[str, Path]:
 
 
 def _title(p: Pattern) -> str:
-    return f"{p.model} / {p.dataset} / {p.method}, {p.runs} run{'s' if p.runs != 1 else ''}"
+    model = p.reference.get("name") or p.model
+    return f"{model} / {p.dataset} / {p.method}, {p.runs} run{'s' if p.runs != 1 else ''}"
 
 
 def plot_widths(pattern: Pattern, path: str | Path) -> Path:

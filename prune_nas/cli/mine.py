@@ -141,11 +141,12 @@ def cmd_mine(args) -> int:
 
 
 def print_pattern(pattern) -> None:
-    print(f"Pattern of {pattern.model} on {pattern.dataset} by {pattern.method}: {pattern.runs} runs "
-          f"(seeds {', '.join(str(s['seed']) for s in pattern.sources)}); base = {pattern.reference['name']}")
+    n = pattern.runs
+    print(f"Pattern of {pattern.model} on {pattern.dataset} by {pattern.method}: {n} run{'s' if n != 1 else ''} "
+          f"(seeds {', '.join(str(s['seed']) for s in pattern.sources)}), pruned from {pattern.reference['name']}")
     if pattern.size:
-        print("  the runs keep " + ", ".join(f"{m:.1%} ± {sd:.1%} of the base model's {by}"
-                                            for by, (m, sd) in pattern.size.items()))
+        print("  the runs keep " + " and ".join(f"{m:.1%} ± {sd:.1%} of its {by}"
+                                               for by, (m, sd) in pattern.size.items()))
     rows = [[x["group"], x["kind"], x["stage"], x["base"], f"{x['mean']:.1f} ± {x['std']:.1f}",
              f"{x['mean'] / x['base']:.0%}"] for x in pattern.layers]
     print(table(rows, ["layer", "kind", "stage", "base", "kept (mean ± std)", "kept"], align="llrrrr"))
