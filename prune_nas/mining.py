@@ -28,9 +28,10 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class Pattern:
                 "reference": self.reference, **self.extra}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "pattern") -> "Pattern":
+    def from_dict(cls, d: Any, where: str = "pattern") -> Pattern:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{where} is not a prune-nas pattern (no \"format\": \"{FORMAT}\")")
         if d.get("version") != VERSION:
@@ -253,7 +254,7 @@ def reference_genome(genome: Genome) -> Genome:
     """The unpruned model a run pruned, whose widths its kept ratios are measured against: the named base
     model at the width multiplier the run records (``provenance.source.width``, as ``discover`` writes it),
     else its recorded ``reference`` genome when that resolves (a file beside it, or a library name)."""
-    kw = dict(num_classes=genome.num_classes, input_size=genome.input_size, in_channels=genome.in_channels)
+    kw = {"num_classes": genome.num_classes, "input_size": genome.input_size, "in_channels": genome.in_channels}
     width = _width_of(genome)
     ref = genome.provenance.get("reference")
     if width == 1.0 and isinstance(ref, str) and ref not in _models():

@@ -29,13 +29,13 @@ be a registered model.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .cost import count, ops_of
+from .cost import count
 from .errors import UserError
 from .genome import Genome, MaskRef, Sparsity, base_genome, conv_ops, save_genome, validate
 from .mining import NUM_CLASSES, Pattern, mine, save_pattern
@@ -82,13 +82,13 @@ def target_base(pattern: Pattern, model: str, dataset: str | None = None, width:
     classes at the model's default input, full width. ``width`` overrides the multiplier."""
     dataset = dataset or pattern.dataset
     if dataset == pattern.dataset:
-        kw = dict(num_classes=pattern.input["num_classes"], input_size=pattern.input["size"],
-                  in_channels=pattern.input["channels"])
+        kw = {"num_classes": pattern.input["num_classes"], "input_size": pattern.input["size"],
+              "in_channels": pattern.input["channels"]}
         width = float(pattern.reference.get("width", 1.0)) if width is None else width
     elif dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
     else:
-        kw = dict(num_classes=NUM_CLASSES[dataset])
+        kw = {"num_classes": NUM_CLASSES[dataset]}
     width = 1.0 if width is None else float(width)
     if not width > 0:
         raise UserError(f"--width must be > 0, got {width:g}")
@@ -152,7 +152,7 @@ def group_ratios(pattern: Pattern, target: Genome) -> dict[str, float | None]:
 def widths_at(target: Genome, ratios: dict[str, float | None], factor: float) -> dict[str, int]:
     """Widths with every ratio scaled by ``factor`` (capped at the target's width, at least one channel)."""
     base = target.widths
-    w = {n: base[n] if r is None else max(1, min(base[n], int(round(base[n] * r * factor))))
+    w = {n: base[n] if r is None else max(1, min(base[n], round(base[n] * r * factor)))
          for n, r in ratios.items()}
     return _clip_selects(target, w)
 
@@ -225,14 +225,14 @@ def _kept_counts(ops: dict, dens: dict[str, float], target: Genome, size: float,
                         f"{(fixed + sum(unit.values())) / base_cost:.3f} of its {by}")
 
     def kept_at(f):
-        return {n: max(1, min(total[n], int(round(total[n] * min(1.0, f * dens[n]))))) for n in ops}
+        return {n: max(1, min(total[n], round(total[n] * min(1.0, f * dens[n])))) for n in ops}
 
     def cost_at(f):
         return sum(k * unit[n] for n, k in kept_at(f).items())
 
     kept = kept_at(_bisect(cost_at, goal, max(1 / d for d in dens.values()) + 1.0))
     if by == "params":  # hit the parameter count exactly: one weight more or less in the largest layers
-        rest = int(round(goal)) - sum(kept.values())
+        rest = round(goal) - sum(kept.values())
         for n in sorted(ops, key=lambda n: -total[n]):
             if rest == 0:
                 break

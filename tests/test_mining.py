@@ -11,8 +11,19 @@ import pytest
 from prune_nas.cli import main
 from prune_nas.errors import UserError
 from prune_nas.genome import Sparsity, base_genome, conv_ops, save_genome
-from prune_nas.mining import (NUM_CLASSES, Pattern, expand_paths, figure_paths, load_pattern, mine, mine_genomes,
-                              plot_kernels, plot_widths, run_info, save_pattern)
+from prune_nas.mining import (
+    NUM_CLASSES,
+    Pattern,
+    expand_paths,
+    figure_paths,
+    load_pattern,
+    mine,
+    mine_genomes,
+    plot_kernels,
+    plot_widths,
+    run_info,
+    save_pattern,
+)
 from prune_nas.transfer import write_genome
 
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)

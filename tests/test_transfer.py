@@ -17,8 +17,20 @@ from prune_nas.errors import UserError
 from prune_nas.genome import Sparsity, base_genome, conv_ops, load_genome, save_genome
 from prune_nas.mining import mine, mine_genomes
 from prune_nas.sparsity import file_sha256, load_masks
-from prune_nas.transfer import (discovered_files, generate, group_ratios, guided_sparse, guided_widths, n_stages, parse_name, sample_mask,
-                                stage_map, target_base, transfer, write_genome)
+from prune_nas.transfer import (
+    discovered_files,
+    generate,
+    group_ratios,
+    guided_sparse,
+    guided_widths,
+    n_stages,
+    parse_name,
+    sample_mask,
+    stage_map,
+    target_base,
+    transfer,
+    write_genome,
+)
 
 PAPER_VGG16 = [39, 64, 128, 128, 255, 250, 226, 217, 120, 63, 48, 62, 89]  # Table 8, slimming at 40%
 
@@ -43,7 +55,7 @@ def within_one_channel(genome, target, ratios, goal, by):
     base = target.groups.base_widths()
     lower = {n: max(1, w - 1) if ratios[n] is not None else w for n, w in genome.widths.items()}
     upper = {n: min(base[n], w + 1) if ratios[n] is not None else w for n, w in genome.widths.items()}
-    cost = lambda widths: getattr(count(replace(genome, widths=widths)), by)  # noqa: E731
+    cost = lambda widths: getattr(count(replace(genome, widths=widths)), by)
     return cost(lower) <= goal <= cost(upper)
 
 
@@ -115,7 +127,7 @@ def test_guided_widths_follow_stage_ratio_order():
 def test_guided_resnet_keeps_streams_and_hits_size():
     p = resnet_pattern()
     target = target_base(p, "resnet110")
-    genome, info = guided_widths(p, target, 0.5)
+    genome, _ = guided_widths(p, target, 0.5)
     for s in (1, 2, 3):
         assert genome.widths[f"stage{s}"] == target.widths[f"stage{s}"]  # residual streams untouched
     assert within_one_channel(genome, target, group_ratios(p, target), 0.5 * count(target).params, "params")
@@ -191,7 +203,7 @@ def test_guided_sparse_hits_size_and_is_deterministic(tmp_path, by):
     target = target_base(p, "resnet20")
     g1, m1, _ = guided_sparse(p, target, 0.3, seed=1, by=by)
     g2, m2, _ = guided_sparse(p, target, 0.3, seed=1, by=by)
-    g3, m3, _ = guided_sparse(p, target, 0.3, seed=2, by=by)
+    _, m3, _ = guided_sparse(p, target, 0.3, seed=2, by=by)
     assert all(np.array_equal(m1[n], m2[n]) for n in m1)
     assert any(not np.array_equal(m1[n], m3[n]) for n in m1)
     a = write_genome(g1, tmp_path / "out" / "a.json", m1)

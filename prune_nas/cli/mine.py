@@ -147,12 +147,15 @@ def print_pattern(pattern) -> None:
     if pattern.size:
         print("  the runs keep " + " and ".join(f"{m:.1%} ± {sd:.1%} of its {by}"
                                                for by, (m, sd) in pattern.size.items()))
-    rows = [[x["group"], x["kind"], x["stage"], x["base"], f"{x['mean']:.1f} ± {x['std']:.1f}",
-             f"{x['mean'] / x['base']:.0%}"] for x in pattern.layers]
-    print(table(rows, ["layer", "kind", "stage", "base", "kept (mean ± std)", "kept"], align="llrrrr"))
-    print(f"\nPer stage: mean kept ratio over pruned groups ({', '.join(pattern.pruned_kinds) or 'none pruned'})")
-    print(table([[s["stage"], s["groups"], f"{s['ratio']:.3f} ± {s['ratio_std']:.3f}"] for s in pattern.stages],
-                ["stage", "groups", "ratio (mean ± std over runs)"], align="rrr"))
+    if not pattern.pruned_kinds:
+        print("  no run pruned a channel: every layer keeps its base width")
+    else:
+        rows = [[x["group"], x["kind"], x["stage"], x["base"], f"{x['mean']:.1f} ± {x['std']:.1f}",
+                 f"{x['mean'] / x['base']:.0%}"] for x in pattern.layers]
+        print(table(rows, ["layer", "kind", "stage", "base", "kept (mean ± std)", "kept"], align="llrrrr"))
+        print(f"\nPer stage: mean kept ratio over pruned groups ({', '.join(pattern.pruned_kinds)})")
+        print(table([[s["stage"], s["groups"], f"{s['ratio']:.3f} ± {s['ratio_std']:.3f}"] for s in pattern.stages],
+                    ["stage", "groups", "ratio (mean ± std over runs)"], align="rrr"))
     if not pattern.sparse:
         return
     print("\n3x3 kernel keep probability per stage (rows top to bottom), and stage density")
