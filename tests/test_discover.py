@@ -1,0 +1,132 @@
+"""`discover` end to end (tiny, 1 epoch), the large-model cache, and the CLI's errors and tables."""
+
+import json
+
+import pytest
+import torch
+
+from prune_nas.cli import main
+from prune_nas.genome import load_genome
+from prune_nas.methods.discover import discover, large_key, protocol_for, regularizer, run_name
+from prune_nas.methods import get_method
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def test_slimming_end_to_end_and_cache_reuse(tmp_path):
+    from prune_nas.train import RunSpec, init_model
+
+    logs = []
+    kw = dict(dataset="digits", epochs=1, out_dir=tmp_path / "out", store_root=tmp_path / "store",
+              progress=False, log=logs.append)
+    first = discover("slimming", ratio=0.5, **kw)
+    assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0.json"
+    g = load_genome(first.path)  # validates
+    prov = g.provenance
+    assert prov["method"] == "slimming" and prov["dataset"] == "digits" and prov["seed"] == 0
+    assert prov["pruned_from"]["large_model"]["epochs"] == 1 and 0 <= prov["pruned_from"]["large_model"]["test_top1"] <= 1
+    assert prov["weights"]["file"] == first.weights.name and "torch_version" in prov
+    assert sum(g.widths.values()) < sum(first.base.widths.values())
+    # the inherited weights load into the pruned model (the fine-tune baseline's start)
+    model = init_model(RunSpec(g, "digits", init="finetune"))
+    assert model(torch.randn(2, 3, g.input_size, g.input_size)).shape == (2, 10)
+    # the reference (the narrow large model) is written next to it, so reductions are measured against it
+    assert (tmp_path / "out" / "vgg11-x0.25-digits.json").exists()
+    assert not first.large["reused"]
+
+    second = discover("slimming", ratio=0.7, **kw)
+    assert second.large["reused"] and second.large["key"] == first.large["key"]
+    assert any(line.startswith("reusing the trained large model") for line in logs)
+    assert sum(second.genome.widths.values()) < sum(g.widths.values())
+
+
+def test_magnitude_writes_the_exact_mask_file(tmp_path):
+    d = discover("magnitude", ratio=0.8, dataset="synthetic", epochs=1, out_dir=tmp_path,
+                 store_root=tmp_path / "s", **QUIET)
+    g = load_genome(d.path)  # checks the mask file's hash and shapes
+    assert d.masks.exists() and g.sparsity.mask.file == d.masks.name
+    from prune_nas.sparsity import load_masks
+
+    masks = load_masks(g)
+    total = sum(m.size for m in masks.values())
+    assert total - sum(int(m.sum()) for m in masks.values()) == round(0.8 * total)
+    assert set(g.sparsity.kernel_keep) == {"1", "2", "3", "4", "5"}
+
+
+def test_methods_without_training_write_only_the_genome(tmp_path):
+    d = discover("uniform", ratio=0.5, dataset="synthetic", out_dir=tmp_path, store_root=tmp_path / "s",
+                 **QUIET)
+    assert d.large is None and d.weights is None
+    assert not (tmp_path / "s").exists()  # nothing trained, nothing cached
+    assert load_genome(d.path).widths["conv1"] == d.base.widths["conv1"] // 2
+
+
+def test_cache_key_depends_on_the_regularizer_and_protocol():
+    from prune_nas import base_genome
+
+    g = base_genome("vgg11", width_mult=0.25, input_size=16)
+    p = protocol_for("digits")
+    slim, mag = get_method("slimming"), get_method("magnitude")
+    k_slim, _ = large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.5, "s": None}), 0)
+    assert large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.9, "s": None}), 0)[0] == k_slim
+    assert large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.5, "s": 1e-3}), 0)[0] != k_slim
+    assert regularizer(mag, g, {"ratio": 0.5}) is None
+    assert large_key(g, "digits", p, None, 0)[0] != k_slim
+    assert large_key(g, "digits", p.with_epochs(3), None, 0)[0] != large_key(g, "digits", p, None, 0)[0]
+    assert large_key(g, "digits", p, None, 1)[0] != large_key(g, "digits", p, None, 0)[0]
+    # pinned: a change of the key's content must be deliberate (it orphans every cached model)
+    assert large_key(g, "digits", p, None, 0)[0] == PINNED_PLAIN_KEY
+
+
+PINNED_PLAIN_KEY = "a2912bb6b5b73be5"
+
+
+def test_run_names():
+    assert run_name("vgg19", 1.0, "cifar10", "slimming", {"ratio": 0.7}, 0) == "vgg19-cifar10-slimming-r0.7-s0"
+    assert run_name("resnet56", 1.0, "cifar10", "l1-norm", {"config": "B", "ratio": None}, 1) == \
+        "resnet56-cifar10-l1-norm-cB-s1"
+    assert run_name("vgg11", 0.25, "digits", "uniform", {"ratio": 0.5, "sparsity": True}, 0) == \
+        "vgg11-x0.25-digits-uniform-sparse-r0.5-s0"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["discover", "--method", "slimmming"], "unknown method 'slimmming'"),
+    (["discover", "--method", "slimming", "--model", "vgg17"], "unknown model 'vgg17'"),
+    (["discover", "--method", "slimming", "--ratio", "1.5"], "must be in (0, 1)"),
+    (["discover", "--method", "magnitude", "--ratio", "0"], "must be in (0, 1)"),
+    (["discover", "--method", "sss", "--model", "vgg16"], "does not apply to vgg"),
+    (["discover", "--method", "l1-norm", "--model", "densenet40"], "does not apply to densenet"),
+    (["discover", "--method", "l1-norm", "--model", "vgg11", "--config", "A"], "no config 'A'"),
+    (["discover", "--method", "slimming", "--config", "A"], "has no parameter 'config'"),
+    (["discover", "--method", "slimming", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["discover", "--method", "l1-norm", "--skip", "a,b"], "--skip takes"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path), "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("prune-nas: error:") and "\n" not in err
+    assert not any(tmp_path.iterdir())  # failed before training or writing anything
+
+
+def test_cli_prints_the_path_and_the_width_table(capsys, tmp_path):
+    assert main(["discover", "--method", "uniform", "--dataset", "synthetic", "--ratio", "0.25", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "width group" in out and "conv8" in out and "genome: " in out
+    assert "params 579.10K -> " in out and "FLOPs" in out
+    assert main(["discover", "--method", "uniform", "--sparsity", "--ratio", "0.5", "--dataset", "synthetic",
+                 "--out", str(tmp_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["masks"].endswith(".masks.npz") and info["reduction"]["params"] > 0.4
+
+
+def test_methods_command(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("l1-norm", "slimming", "magnitude", "uniform", "random"):
+        assert name in out
+    assert "automatic" in out and "predefined" in out and "cite: Li, Kadav" in out
+    assert main(["methods", "--json"]) == 0
+    data = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert data["slimming"]["target"] == "automatic"
+    assert {p["name"]: p["default"] for p in data["slimming"]["params"]} == {"ratio": 0.5, "s": None}

@@ -1,0 +1,136 @@
+"""Network Slimming: the global threshold is the documented quantile of all prunable |gamma|, the penalty hits
+exactly the prunable BNs, no group is emptied, and every family yields a valid, buildable genome."""
+
+import numpy as np
+import pytest
+import torch
+
+from prune_nas import base_genome, build
+from prune_nas.genome import Genome
+from prune_nas.methods import get_method
+from prune_nas.methods.slimming import BNScalePenalty, global_threshold, prunable_bns
+
+
+def _set_gammas(genome, model, rng):
+    """Distinct |gamma| per prunable channel; returns {group: array}."""
+    out = {}
+    with torch.no_grad():
+        for g, names in prunable_bns(genome).items():
+            w = genome.widths[g]
+            v = (rng.permutation(w) + rng.random(w)) * 100.0 / w  # every group spans [0, 100): none empties
+            v = v * rng.choice([-1, 1], size=len(v))  # the sign must not matter
+            for n in names:
+                model.get_submodule(n).weight.copy_(torch.as_tensor(v, dtype=torch.float32))
+            out[g] = v
+    return out
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_threshold_is_the_lower_quantile_of_all_gammas(ratio):
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    model = build(g)
+    gammas = _set_gammas(g, model, np.random.default_rng(1))
+    allv = np.abs(np.concatenate(list(gammas.values()))).astype(np.float32).astype(np.float64)
+    res = get_method("slimming").prune(g, model, ratio=ratio)
+    want = np.quantile(allv, ratio, method="lower")
+    assert res.genome.provenance["threshold"] == pytest.approx(want, abs=0)
+    # kept = exactly the channels above the threshold; with distinct values floor((N-1) q) + 1 go
+    for grp, v in gammas.items():
+        kept = np.abs(v.astype(np.float32)) > want
+        assert res.genome.widths[grp] == max(1, kept.sum())
+    removed = sum(g.widths.values()) - sum(res.genome.widths.values())
+    assert removed == int(np.floor((len(allv) - 1) * ratio)) + 1
+
+
+def test_kept_channels_carry_their_gammas():
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    model = build(g)
+    gammas = _set_gammas(g, model, np.random.default_rng(2))
+    res = get_method("slimming").prune(g, model, ratio=0.5)
+    thr = res.genome.provenance["threshold"]
+    for i in range(1, 9):
+        v = np.abs(gammas[f"conv{i}"].astype(np.float32))
+        kept = np.flatnonzero(v > thr) if (v > thr).any() else [int(np.argmax(v))]
+        got = res.state_dict[f"features.bn{i}.weight"].abs().numpy()
+        np.testing.assert_array_equal(got, v[kept])
+
+
+def test_no_group_is_emptied_and_the_floor_is_reported():
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    model = build(g)
+    _set_gammas(g, model, np.random.default_rng(3))
+    with torch.no_grad():
+        model.features.bn8.weight.fill_(1e-6)
+        model.features.bn8.weight[5] = 2e-6
+    res = get_method("slimming").prune(g, model, ratio=0.6)
+    assert res.genome.widths["conv8"] == 1
+    assert torch.equal(res.state_dict["features.bn8.weight"], torch.tensor([2e-6]))
+    assert any(n.startswith("conv8: kept 1 of") for n in res.notes)
+
+
+def test_which_bns_are_prunable():
+    assert set(prunable_bns(base_genome("vgg16-l1"))) == {f"conv{i}" for i in range(1, 14)}  # not the BN1d
+    r = prunable_bns(base_genome("resnet20"))
+    names = {n for v in r.values() for n in v}
+    assert "stage1.block0.bn1" in names and "stage1.block0.bn2" not in names and "stem.bn" not in names
+    p = prunable_bns(base_genome("preresnet110"))
+    names = {n for v in p.values() for n in v}
+    assert {"stage1.block0.bn1", "stage1.block0.bn2", "stage1.block0.bn3", "head.bn"} <= names
+    assert not any(k.startswith("stage") and "." not in k for k in p)  # no residual stream group
+    d = prunable_bns(base_genome("densenet40"))
+    assert set(d) == {k for k in base_genome("densenet40").groups.names if k.endswith(".select")}
+
+
+def test_penalty_adds_s_sign_gamma_to_prunable_bn_grads_only():
+    g = base_genome("resnet20", width_mult=0.25, input_size=8)
+    model = build(g)
+    (cb,) = get_method("slimming").training_callbacks(model, genome=g, s=1e-3)
+    assert isinstance(cb, BNScalePenalty) and cb.s == 1e-3
+    with torch.no_grad():
+        model.stage1.block0.bn1.weight[0] = -2.0
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    cb.after_backward(model)
+    grad = model.stage1.block0.bn1.weight.grad
+    assert grad[0].item() == pytest.approx(-1e-3) and grad[1].item() == pytest.approx(1e-3)
+    assert model.stage1.block0.bn2.weight.grad.abs().sum() == 0  # writes into the residual stream
+    assert model.stem.bn.weight.grad.abs().sum() == 0
+    assert get_method("slimming").regularizer(g) == {"l1_bn_scales": 1e-5}
+    assert get_method("slimming").regularizer(base_genome("vgg19")) == {"l1_bn_scales": 1e-4}
+
+
+@pytest.mark.parametrize("model, kw", [
+    ("vgg19", dict(width_mult=0.125, input_size=16)),
+    ("resnet20", dict(width_mult=0.25, input_size=8)),
+    ("preresnet110", dict(width_mult=0.25, input_size=8)),
+    ("densenet40", dict(width_mult=0.5, input_size=8)),
+    ("densenet-bc100", dict(width_mult=0.25, input_size=8)),
+])
+def test_every_family_gives_a_valid_buildable_genome(model, kw):
+    g = base_genome(model, **kw)
+    m = build(g)
+    _set_gammas(g, m, np.random.default_rng(4))
+    res = get_method("slimming").prune(g, m, ratio=0.6)
+    again = Genome.from_dict(res.genome.to_dict())
+    assert again.widths == res.genome.widths and sum(again.widths.values()) < sum(g.widths.values())
+    small = build(again)
+    small.load_state_dict(res.state_dict, strict=True)
+    x = torch.randn(2, 3, g.input_size, g.input_size)
+    assert small.eval()(x).shape == (2, g.num_classes)
+    # residual streams are never narrowed by slimming
+    for grp in g.groups.names:
+        if g.groups.kind(grp) == "stream":
+            assert again.widths[grp] == g.widths[grp]
+
+
+def test_bad_ratio_is_a_user_error():
+    from prune_nas.errors import UserError
+
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    with pytest.raises(UserError, match=r"\(0, 1\)"):
+        get_method("slimming").prune(g, build(g), ratio=1.0)
+
+
+def test_global_threshold_convention():
+    assert global_threshold(np.array([4.0, 1.0, 3.0, 2.0]), 0.5) == 2.0  # index floor(3 * 0.5) = 1 of sorted
+    assert global_threshold(np.arange(10.0), 0.7) == 6.0
