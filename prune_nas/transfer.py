@@ -41,6 +41,7 @@ from .genome import Genome, MaskRef, Sparsity, base_genome, conv_ops, save_genom
 from .mining import NUM_CLASSES, Pattern, mine, save_pattern
 
 BY = ("params", "flops")
+DISCOVER_RATIO = 0.4  # prune ratio of the runs ``transfer`` discovers when none exist and none is named
 
 
 # ---- names and stages --------------------------------------------------------------------------------------------
@@ -358,12 +359,16 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
 
 
 # ---- transfer ----------------------------------------------------------------------------------------------------
-def discovered_files(model: str, dataset: str, method: str, folder: Path) -> list[Path]:
-    """Discovered runs: ``<model>[-x<width>]-<dataset>-<method>-*.json`` (not the ``.masks``/reference files)."""
+def discovered_files(model: str, dataset: str, method: str, folder: Path, ratio: float | None = None
+                     ) -> list[Path]:
+    """Discovered runs: ``<model>[-x<width>]-<dataset>-<method>-*.json`` (not the ``.masks``/reference files);
+    with ``ratio``, only those named ``...-r<ratio>-...``."""
     folder = Path(folder)
     files = set(folder.glob(f"{model}-{dataset}-{method}-*.json"))
     files |= {p for p in folder.glob(f"{model}-x*-{dataset}-{method}-*.json")
               if p.name.startswith(f"{model}-x") and _is_width(p.name[len(model) + 2:].split("-", 1)[0])}
+    if ratio is not None:
+        files = {p for p in files if f"-r{ratio:g}-" in p.name}
     return sorted(files)
 
 
@@ -375,15 +380,19 @@ def _is_width(text: str) -> bool:
 
 
 def source_pattern(source: str, method: str, discovered_dir: Path, *, discover: bool = True, runs: int = 3,
-                   ratio: float = 0.4, say: Callable[[str], None] = print, discover_kwargs: dict | None = None
-                   ) -> Pattern:
-    """The pattern of ``source`` (``<model>-<dataset>``) mined from its discovered runs by ``method``; with
-    none on disk, run the discovery first (``runs`` seeds at ``ratio``) or, if ``discover`` is False, refuse."""
+                   ratio: float | None = None, say: Callable[[str], None] = print,
+                   discover_kwargs: dict | None = None) -> Pattern:
+    """The pattern of ``source`` (``<model>-<dataset>``) mined from its discovered runs by ``method`` (those at
+    ``ratio`` if given, else all); with none on disk, run the discovery first (``runs`` seeds at ``ratio``,
+    default ``DISCOVER_RATIO``) or, if ``discover`` is False, refuse."""
     model, dataset = parse_name(source)
-    files = discovered_files(model, dataset, method, discovered_dir)
-    where = f"{Path(discovered_dir).as_posix()}/{model}[-x<width>]-{dataset}-{method}-*.json"
+    files = discovered_files(model, dataset, method, discovered_dir, ratio)
+    tag = f"r{ratio:g}-" if ratio is not None else ""
+    where = f"{Path(discovered_dir).as_posix()}/{model}[-x<width>]-{dataset}-{method}-{tag}*.json"
+    ratio = DISCOVER_RATIO if ratio is None else ratio
     if not files:
-        hint = f"`prune-nas discover --method {method} --model {model} --dataset {dataset}` creates them"
+        hint = (f"`prune-nas discover --method {method} --model {model} --dataset {dataset} --ratio {ratio:g}` "
+                "creates them")
         if not discover:
             raise UserError(f"no pruned runs of {source} by {method} found ({where}); {hint}, or drop "
                             "--no-discover to run it now")
@@ -409,7 +418,7 @@ def run_discovery(method: str, model: str, dataset: str, ratio: float, seeds, **
 
 def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = "slimming",
              pattern: Pattern | None = None, discovered_dir: Path, out_dir: Path, sparse: bool | None = None,
-             by: str = "params", seed: int = 0, discover: bool = True, runs: int = 3, ratio: float = 0.4,
+             by: str = "params", seed: int = 0, discover: bool = True, runs: int = 3, ratio: float | None = None,
              pattern_out: Path | None = None, say: Callable[[str], None] = print,
              discover_kwargs: dict | None = None, width: float | None = None) -> list[tuple[Path, Genome, dict]]:
     """Transferred genomes: ``source`` runs' pattern applied to ``target`` (both ``<model>-<dataset>``),

@@ -380,6 +380,8 @@ def test_narrow_runs_are_measured_against_their_narrow_model(tmp_path):
     files = narrow_runs(tmp_path)
     save_genome(base_genome("vgg16-l1"), tmp_path / "vgg16-l1-digits-slimming-r0.4-s0.json")  # another model
     assert discovered_files("vgg16", "digits", "slimming", tmp_path) == files
+    assert discovered_files("vgg16", "digits", "slimming", tmp_path, ratio=0.4) == files
+    assert discovered_files("vgg16", "digits", "slimming", tmp_path, ratio=0.5) == []
     p = mine(files)
     assert p.reference == {"name": "vgg16-x0.25", "width": 0.25}
     assert p.layer("conv1")["base"] == 16 and p.layer("conv13")["base"] == 128

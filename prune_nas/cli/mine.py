@@ -111,7 +111,9 @@ def register(sub) -> None:
     p.add_argument("--no-discover", action="store_true",
                    help="refuse (exit 2) instead of running discovery when no source runs exist")
     p.add_argument("--runs", type=int, default=3, help="discovery runs (seeds 0..N-1) if needed (default 3)")
-    p.add_argument("--ratio", type=float, default=0.4, help="discovery prune ratio if needed (default 0.4)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="use only source runs at this prune ratio, and discover at it if there are none "
+                        "(default: all runs; discovery at 0.4)")
     p.add_argument("--discovered-dir", type=Path, default=None,
                    help="folder of discovered genomes (default artifacts/genomes/discovered)")
     _design_args(p)
