@@ -88,7 +88,7 @@ def device_epoch(dataset, batch_size: int, generator: torch.Generator, device: t
     The shuffle order, crop offsets and flips come from the CPU ``generator`` (three draws per epoch), so an
     epoch is the same on any device. The last partial batch is dropped (fixed shapes for graph replay).
     """
-    from .data import random_crop
+    from .data import augment
 
     t = dataset.on(device)
     n = dataset.train_size
@@ -101,11 +101,7 @@ def device_epoch(dataset, batch_size: int, generator: torch.Generator, device: t
     offs = torch.randint(0, 2 * crop_padding + 1, (2, m), generator=generator) if crop_padding else None
     flips = torch.rand(m, generator=generator) < 0.5 if (flip and dataset.flip) else None
     order = order.to(device)
-    x = t["train_x"].index_select(0, order)
-    if offs is not None:
-        x = random_crop(x, crop_padding, offs.to(device))
-    if flips is not None:
-        x = torch.where(flips.to(device).view(m, 1, 1, 1), x.flip(3), x)
+    x = augment(t["train_x"].index_select(0, order), crop_padding, offs, flips)
     x = dataset.normalize(x, t).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -114,29 +110,107 @@ def device_epoch(dataset, batch_size: int, generator: torch.Generator, device: t
         yield x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]
 
 
-class FastStep:
-    """One training step for the fast engine: eager, or replayed from a CUDA graph captured on first use.
+class _Step:
+    """One training step. Loss and correct-prediction sums accumulate in device tensors (``loss_sum``,
+    ``correct``) so an epoch needs one host sync, at its end."""
 
-    Loss and correct-prediction sums accumulate in device tensors (``loss_sum``, ``correct``) so an epoch
-    needs one host sync, at its end.
-    """
-
-    def __init__(self, model: nn.Module, protocol, device: torch.device, options: EngineOptions,
-                 callbacks: Sequence[Any] = ()):
-        self.model, self.device, self.options = model, device, options
-        self.opt = ForeachSGD(model.parameters(), protocol.lr, protocol.momentum, protocol.weight_decay, device)
-        if protocol.nesterov:
-            raise ValueError("the fast engine implements plain momentum SGD; use the eager engine for Nesterov")
+    def __init__(self, model: nn.Module, device: torch.device, callbacks: Sequence[Any]):
+        self.model, self.device = model, device
         self.callbacks = list(callbacks)
-        self.graph_safe = all(getattr(cb, "graph_safe", True) for cb in self.callbacks)
-        self.use_graph = bool(options.graph) and device.type == "cuda" and self.graph_safe
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _hooks(self, name: str) -> list[Callable]:
         return [getattr(cb, name) for cb in self.callbacks if callable(getattr(cb, name, None))]
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def release(self) -> None:
+        """Free what the step holds beyond the model (the fast engine's CUDA graph)."""
+
+
+class EagerStep(_Step):
+    """The plain PyTorch step: ``torch.optim.SGD``, batches from the dataset's own iterator."""
+
+    def __init__(self, model: nn.Module, protocol, device: torch.device, callbacks: Sequence[Any] = ()):
+        from .train import make_optimizer
+
+        super().__init__(model, device, callbacks)
+        self.opt = make_optimizer(model, protocol)
+        self.hooks = {n: self._hooks(n) for n in ("extra_loss", "after_backward", "after_step")}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def steps_per_epoch(self, dataset, batch_size: int) -> int:
+        return dataset.steps_per_epoch(batch_size)
+
+    def batches(self, dataset, protocol, generator):
+        return dataset.train_batches(protocol.batch_size, generator, self.device,
+                                     crop_padding=protocol.crop_padding, flip=protocol.flip)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        out = self.model(x)
+        loss = F.cross_entropy(out, y)
+        for fn in self.hooks["extra_loss"]:
+            loss = loss + fn(self.model)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for fn in self.hooks["after_backward"]:
+            fn(self.model)
+        self.opt.step()
+        for fn in self.hooks["after_step"]:
+            fn(self.model)
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (out.detach().argmax(1) == y).sum()
+
+
+def make_step(model: nn.Module, protocol, device: torch.device, engine: "EngineOptions | str",
+              callbacks: Sequence[Any] = ()) -> "_Step":
+    """The step object ``train_model`` runs: eager, or the fast engine's."""
+    options = EngineOptions(engine) if isinstance(engine, str) else engine
+    if options.kind not in ENGINES:
+        from .errors import UserError
+
+        raise UserError(f"unknown engine {options.kind!r}; use one of {', '.join(ENGINES)}")
+    if options.kind == "eager":
+        return EagerStep(model, protocol, device, callbacks)
+    return FastStep(model, protocol, device, options.resolved(device), callbacks)
+
+
+class FastStep(_Step):
+    """One training step for the fast engine: eager, or replayed from a CUDA graph captured on first use."""
+
+    def __init__(self, model: nn.Module, protocol, device: torch.device, options: EngineOptions,
+                 callbacks: Sequence[Any] = ()):
+        super().__init__(model, device, callbacks)
+        if protocol.nesterov:
+            from .errors import UserError
+
+            raise UserError("the fast engine implements plain momentum SGD; use --engine eager for Nesterov")
+        self.options = options
+        if options.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.opt = ForeachSGD(model.parameters(), protocol.lr, protocol.momentum, protocol.weight_decay, device)
+        self.graph_safe = all(getattr(cb, "graph_safe", True) for cb in self.callbacks)
+        self.use_graph = bool(options.graph) and device.type == "cuda" and self.graph_safe
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_lr(self, lr: float) -> None:
+        self.opt.set_lr(lr)
+
+    def steps_per_epoch(self, dataset, batch_size: int) -> int:
+        return dataset.train_size // batch_size
+
+    def batches(self, dataset, protocol, generator):
+        dtype = torch.bfloat16 if self.options.amp else torch.float32
+        return device_epoch(dataset, protocol.batch_size, generator, self.device,
+                            crop_padding=protocol.crop_padding, flip=protocol.flip, dtype=dtype,
+                            channels_last=bool(self.options.channels_last))
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.options.amp),
@@ -194,3 +268,5 @@ class FastStep:
         """Drop the graph and its memory pool (a long-lived worker trains many candidates)."""
         self._graph = None
         self._static = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -161,12 +161,14 @@ def make_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
 
 def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed: int,
                 device: str | torch.device = "cpu", callbacks: Iterable[Any] = (), progress: bool = True,
-                desc: str = "", evaluate: bool = True) -> TrainHistory:
+                desc: str = "", evaluate: bool = True, engine: Any = "eager") -> TrainHistory:
     """Train ``model`` in place with SGD under ``protocol`` and return its per-epoch history.
 
     ``seed`` drives shuffling, crop offsets and flips (one CPU generator) and the global torch RNG (dropout);
     model initialisation is the caller's. A non-finite training loss ends the run with ``status="failed"``
-    and the reason; the model is left as it was at that point.
+    and the reason; the model is left as it was at that point. ``engine`` is ``"eager"`` (plain PyTorch) or
+    ``"fast"`` (device-resident epochs, bf16 + channels_last + one CUDA graph per step on CUDA): see
+    ``prune_nas.engine``; both run this same loop.
 
     >>> from prune_nas.build import build
     >>> from prune_nas.genome import base_genome
@@ -179,49 +181,34 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     """
     from tqdm.auto import tqdm
 
+    from .engine import make_step
+
     callbacks = list(callbacks)
-    extra_loss, after_backward = _hooks(callbacks, "extra_loss"), _hooks(callbacks, "after_backward")
-    after_step, on_epoch_end = _hooks(callbacks, "after_step"), _hooks(callbacks, "on_epoch_end")
+    on_epoch_end = _hooks(callbacks, "on_epoch_end")
     device = torch.device(device)
     model.to(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model, protocol)
+    step = make_step(model, protocol, device, engine, callbacks)
     history = TrainHistory()
-    steps = dataset.steps_per_epoch(protocol.batch_size)
+    steps = step.steps_per_epoch(dataset, protocol.batch_size)
     bar = tqdm(total=protocol.epochs * steps, desc=desc or "train", unit="step", leave=False,
                disable=None if progress else True, dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for epoch in range(protocol.epochs):
             lr = protocol.lr_at(epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            step.set_lr(lr)
             bar.set_description(f"{desc + ' ' if desc else ''}epoch {epoch + 1}/{protocol.epochs}")
             model.train()
             t0 = time.perf_counter()
-            # Sums stay on the device; one sync per epoch keeps GPU runs asynchronous.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
+            step.reset()  # sums stay on the device; one sync per epoch keeps GPU runs asynchronous
             seen = 0
-            batches = dataset.train_batches(protocol.batch_size, gen, device,
-                                            crop_padding=protocol.crop_padding, flip=protocol.flip)
-            for x, y in batches:
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                for fn in extra_loss:
-                    loss = loss + fn(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for fn in after_backward:
-                    fn(model)
-                opt.step()
-                for fn in after_step:
-                    fn(model)
-                loss_sum += loss.detach() * len(y)
-                correct += (out.detach().argmax(1) == y).sum()
+            for x, y in step.batches(dataset, protocol, gen):
+                step(x, y)
                 seen += len(y)
                 bar.update(1)
+            loss_sum, correct = step.loss_sum, step.correct
             mean_loss = float(loss_sum) / max(seen, 1)
             entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss,
                                      "train_top1": float(correct) / max(seen, 1)}
@@ -241,6 +228,7 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                 fn(model, epoch, entry)
     finally:
         bar.close()
+        step.release()  # a CUDA graph holds a private memory pool: free it before the next candidate
         history.wall_time_s = round(time.perf_counter() - start, 3)
     return history
 
@@ -427,7 +415,7 @@ def init_model(spec: RunSpec) -> nn.Module:
 def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", progress: bool = True,
         dataset: Dataset | None = None, data_dir: Any = None, download: bool = False,
         retry_failed: bool = False, save_weights: bool = False, desc: str = "",
-        callbacks: Iterable[Any] = ()) -> dict:
+        callbacks: Iterable[Any] = (), engine: Any = "eager") -> dict:
     """Train ``spec`` and store its record, or return the stored record when the spec already ran.
 
     A failed run (non-finite loss) is stored too and reused like a finished one unless ``retry_failed``.
@@ -454,7 +442,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     protocol = spec.effective_protocol()
     model = init_model(spec)
     history = train_model(model, dataset, protocol, seed=spec.seed, device=device, progress=progress,
-                          desc=desc or (g.name or g.key), callbacks=callbacks)
+                          desc=desc or (g.name or g.key), callbacks=callbacks, engine=engine)
     cost = count(g)
     summary = history.summary()
     if dataset.num_classes <= 10:
@@ -463,7 +451,8 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
               "spec": spec.to_dict(), "genome_name": g.name, "dataset": dataset.info(),
               "protocol": protocol.to_dict(), "epochs": protocol.epochs, "params": cost.params,
               "flops": cost.flops, "curve": history.curve, "wall_time_s": history.wall_time_s,
-              "device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "device": _device_name(device), "engine": _engine_dict(engine, device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
               "prune_nas": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if save_weights and not history.failed:
         path = store.weights_path(key)
@@ -472,6 +461,13 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
         record["weights"] = path.name
     store.put(record)
     return record
+
+
+def _engine_dict(engine: Any, device: str | torch.device) -> dict:
+    from .engine import EngineOptions
+
+    options = EngineOptions(engine) if isinstance(engine, str) else engine
+    return options.resolved(torch.device(device)).to_dict()
 
 
 def _device_name(device: str | torch.device) -> str:

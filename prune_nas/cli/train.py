@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
     r = p.add_argument_group("where and how")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--engine", choices=["eager", "fast"], default="eager",
+                   help="eager: plain PyTorch; fast: data on the device, and on CUDA bf16 + channels_last + "
+                        "the whole step as one CUDA graph (several times faster at batch 64)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
     r.add_argument("--store", help="results folder (default $PRUNE_NAS_HOME/store or artifacts/store)")
@@ -165,7 +168,7 @@ def cmd_train(args) -> int:
                 datasets[shape] = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
                                                input_size=shape[0], in_channels=shape[1])
             rec = run(spec, store, device=device, progress=not args.no_progress, dataset=datasets.get(shape),
-                      desc=f"{genome.name or name} s{seed}")
+                      desc=f"{genome.name or name} s{seed}", engine=args.engine)
             records.append(rec)
             failed += rec["status"] != "ok"
             print(_run_line(name, seed, rec, reused, store.path_for(rec["key"])), flush=True)
