@@ -7,18 +7,18 @@ import torch
 
 from prune_nas.cli import main
 from prune_nas.genome import load_genome
-from prune_nas.methods.discover import discover, large_key, protocol_for, regularizer, run_name
 from prune_nas.methods import get_method
+from prune_nas.methods.discover import discover, large_key, protocol_for, regularizer, run_name
 
-QUIET = dict(progress=False, log=lambda s: None)
+QUIET = {"progress": False, "log": lambda s: None}
 
 
 def test_slimming_end_to_end_and_cache_reuse(tmp_path):
     from prune_nas.train import RunSpec, init_model
 
     logs = []
-    kw = dict(dataset="digits", epochs=1, out_dir=tmp_path / "out", store_root=tmp_path / "store",
-              progress=False, log=logs.append)
+    kw = {"dataset": "digits", "epochs": 1, "out_dir": tmp_path / "out", "store_root": tmp_path / "store",
+              "progress": False, "log": logs.append}
     first = discover("slimming", ratio=0.5, **kw)
     assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0.json"
     g = load_genome(first.path)  # validates

@@ -12,8 +12,13 @@ from prune_nas.errors import UserError
 from prune_nas.genome import Genome
 from prune_nas.library import get
 from prune_nas.methods import get_method
-from prune_nas.methods.baselines import match_params, random_keep, random_masks, uniform_genome, \
-    uniform_sparsity_genome
+from prune_nas.methods.baselines import (
+    match_params,
+    random_keep,
+    random_masks,
+    uniform_genome,
+    uniform_sparsity_genome,
+)
 
 
 def test_uniform_keeps_the_same_fraction_everywhere():
@@ -30,7 +35,7 @@ def test_uniform_sparsity_has_equal_density_and_exact_masks():
     s = uniform_sparsity_genome(g, 0.3, seed=4)
     assert set(s.sparsity.density.values()) == {0.3} and s.sparsity.seed == 4
     masks = random_masks(s, seed=4)
-    for name, m in masks.items():
+    for m in masks.values():
         assert m.sum() == max(1, round(0.3 * m.size))
     again = random_masks(s, seed=4)
     assert all(np.array_equal(masks[k], again[k]) for k in masks)
@@ -103,8 +108,8 @@ def test_every_family_gives_a_valid_genome_without_training(model, method):
 
 
 @pytest.mark.parametrize("model, kw", [
-    ("vgg11", dict(width_mult=0.125, input_size=16)), ("resnet20", dict(width_mult=0.25, input_size=8)),
-    ("preresnet110", dict(width_mult=0.25, input_size=8)), ("densenet40", dict(width_mult=0.5, input_size=8)),
+    ("vgg11", {"width_mult": 0.125, "input_size": 16}), ("resnet20", {"width_mult": 0.25, "input_size": 8}),
+    ("preresnet110", {"width_mult": 0.25, "input_size": 8}), ("densenet40", {"width_mult": 0.5, "input_size": 8}),
 ])
 def test_random_with_a_model_builds(model, kw):
     g = base_genome(model, **kw)

@@ -93,10 +93,10 @@ def test_floor_at_one_filter_is_reported():
 
 
 @pytest.mark.parametrize("model, kw", [
-    ("vgg16", dict(width_mult=0.125, input_size=16)),
-    ("vgg16-l1", dict(width_mult=0.125, input_size=16)),
-    ("resnet20", dict(width_mult=0.25, input_size=8)),
-    ("resnet50", dict(width_mult=0.0625, input_size=32)),
+    ("vgg16", {"width_mult": 0.125, "input_size": 16}),
+    ("vgg16-l1", {"width_mult": 0.125, "input_size": 16}),
+    ("resnet20", {"width_mult": 0.25, "input_size": 8}),
+    ("resnet50", {"width_mult": 0.0625, "input_size": 32}),
 ])
 def test_every_family_gives_a_valid_buildable_genome(model, kw):
     g = base_genome(model, **kw)
@@ -110,10 +110,10 @@ def test_every_family_gives_a_valid_buildable_genome(model, kw):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(config="C"), "no config 'C'"),
-    (dict(config="A", ratio=0.5), "not both"),
-    (dict(ratio=1.5), r"\(0, 1\)"),
-    (dict(ratio=0.5, skip=(99,)), "not conv ids"),
+    ({"config": "C"}, "no config 'C'"),
+    ({"config": "A", "ratio": 0.5}, "not both"),
+    ({"ratio": 1.5}, r"\(0, 1\)"),
+    ({"ratio": 0.5, "skip": (99,)}, "not conv ids"),
 ])
 def test_bad_parameters_are_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match):

@@ -74,10 +74,10 @@ def test_genome_counts_only_kept_weights():
 
 
 @pytest.mark.parametrize("model, kw", [
-    ("vgg16", dict(width_mult=0.125, input_size=16)),
-    ("resnet20", dict(width_mult=0.25, input_size=8)),
-    ("preresnet110", dict(width_mult=0.25, input_size=8)),
-    ("densenet40", dict(width_mult=0.5, input_size=8)),
+    ("vgg16", {"width_mult": 0.125, "input_size": 16}),
+    ("resnet20", {"width_mult": 0.25, "input_size": 8}),
+    ("preresnet110", {"width_mult": 0.25, "input_size": 8}),
+    ("densenet40", {"width_mult": 0.5, "input_size": 8}),
 ])
 def test_every_family_gives_a_valid_buildable_genome(model, kw, tmp_path):
     from dataclasses import replace

@@ -10,10 +10,10 @@ from prune_nas.genome import Genome
 from prune_nas.methods import Method, get_method, list_methods
 
 TINY = {
-    "vgg": ("vgg11", dict(width_mult=0.125, input_size=16)),
-    "resnet": ("resnet20", dict(width_mult=0.25, input_size=8)),
-    "preresnet": ("preresnet110", dict(width_mult=0.25, input_size=8, blocks=(2, 2, 2))),
-    "densenet": ("densenet40", dict(width_mult=0.5, input_size=8)),
+    "vgg": ("vgg11", {"width_mult": 0.125, "input_size": 16}),
+    "resnet": ("resnet20", {"width_mult": 0.25, "input_size": 8}),
+    "preresnet": ("preresnet110", {"width_mult": 0.25, "input_size": 8, "blocks": (2, 2, 2)}),
+    "densenet": ("densenet40", {"width_mult": 0.5, "input_size": 8}),
 }
 # The activation-based methods sample and solve per layer (10-30 s a case on two shared cores): ThiNet runs on
 # its first family by default, the rest with `-m slow`; their own test files cover each family's criterion.

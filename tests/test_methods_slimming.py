@@ -100,11 +100,11 @@ def test_penalty_adds_s_sign_gamma_to_prunable_bn_grads_only():
 
 
 @pytest.mark.parametrize("model, kw", [
-    ("vgg19", dict(width_mult=0.125, input_size=16)),
-    ("resnet20", dict(width_mult=0.25, input_size=8)),
-    ("preresnet110", dict(width_mult=0.25, input_size=8)),
-    ("densenet40", dict(width_mult=0.5, input_size=8)),
-    ("densenet-bc100", dict(width_mult=0.25, input_size=8)),
+    ("vgg19", {"width_mult": 0.125, "input_size": 16}),
+    ("resnet20", {"width_mult": 0.25, "input_size": 8}),
+    ("preresnet110", {"width_mult": 0.25, "input_size": 8}),
+    ("densenet40", {"width_mult": 0.5, "input_size": 8}),
+    ("densenet-bc100", {"width_mult": 0.25, "input_size": 8}),
 ])
 def test_every_family_gives_a_valid_buildable_genome(model, kw):
     g = base_genome(model, **kw)

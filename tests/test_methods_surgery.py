@@ -10,17 +10,25 @@ from prune_nas import base_genome, build
 from prune_nas.arch import MODELS, get_family
 from prune_nas.cost import ops_of
 from prune_nas.genome import random_genome
-from prune_nas.methods.surgery import bn_ops, channel_ids, consumers, group_scores, keep_largest, producers, shrink
+from prune_nas.methods.surgery import (
+    bn_ops,
+    channel_ids,
+    consumers,
+    group_scores,
+    keep_largest,
+    producers,
+    shrink,
+)
 
 # Tiny versions of every family (and head kind), small enough to run forward passes on CPU in milliseconds.
 TINY = {
-    "vgg11": dict(width_mult=0.125, input_size=16),
-    "vgg16-l1": dict(width_mult=0.125, input_size=16),
-    "resnet20": dict(width_mult=0.25, input_size=8),
-    "resnet50": dict(width_mult=0.0625, input_size=32),
-    "preresnet110": dict(width_mult=0.25, input_size=4),
-    "densenet40": dict(width_mult=0.5, input_size=4),
-    "densenet-bc100": dict(width_mult=0.25, input_size=4),
+    "vgg11": {"width_mult": 0.125, "input_size": 16},
+    "vgg16-l1": {"width_mult": 0.125, "input_size": 16},
+    "resnet20": {"width_mult": 0.25, "input_size": 8},
+    "resnet50": {"width_mult": 0.0625, "input_size": 32},
+    "preresnet110": {"width_mult": 0.25, "input_size": 4, "blocks": (2, 1, 2)},
+    "densenet40": {"width_mult": 0.5, "input_size": 4},
+    "densenet-bc100": {"width_mult": 0.25, "input_size": 4},
 }
 
 
@@ -126,12 +134,12 @@ def test_vgg_kept_filters_are_the_large_models_weights():
 def test_mlp_and_fc_heads_slice_linear_inputs():
     large = base_genome("vgg16-l1", width_mult=0.125, input_size=16)
     big = _randomize(build(large))
-    small, state = shrink(large, big, {"conv13": [0, 7]})
+    _, state = shrink(large, big, {"conv13": [0, 7]})
     assert torch.equal(state["classifier.0.weight"], big.state_dict()["classifier.0.weight"][:, [0, 7]])
     # ImageNet head: Linear over a flattened c x 7 x 7 map keeps 49 features per kept channel, channel-major.
     large = base_genome("vgg11-imagenet", width_mult=0.0625, input_size=32)
     big = _randomize(build(large))
-    small, state = shrink(large, big, {"conv8": [2, 5]})
+    _small, state = shrink(large, big, {"conv8": [2, 5]})
     full = big.state_dict()["classifier.0.weight"]
     cols = [c * 49 + j for c in (2, 5) for j in range(49)]
     assert torch.equal(state["classifier.0.weight"], full[:, cols])

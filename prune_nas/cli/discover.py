@@ -176,7 +176,7 @@ def layer_table(result) -> str:
 def cmd_methods(args) -> int:
     from ..methods import list_methods
 
-    methods = list_methods()
+    methods = sorted(list_methods(), key=lambda m: (ORDER.index(m.name) if m.name in ORDER else len(ORDER), m.name))
     if args.json:
         print(json.dumps([{"name": m.name, "target": m.target, "families": list(m.families),
                            "needs_training": m.needs_training, "summary": m.summary, "citation": m.citation,
@@ -195,6 +195,8 @@ def cmd_methods(args) -> int:
     return 0
 
 
+# The paper's methods in its order, then the baselines; methods added later follow by name.
+ORDER = ["l1-norm", "thinet", "regression", "slimming", "sss", "magnitude", "uniform", "random"]
 FLAGS = ("ratio", "config", "skip", "s", "sparsity", "like")  # parameters with their own option
 
 

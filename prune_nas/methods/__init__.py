@@ -10,8 +10,7 @@ Importing this package fills the registry; ``get_method(name)`` / ``list_methods
 
 from __future__ import annotations
 
-# The paper's methods in its order, then the baselines: the order `prune-nas methods` lists them in.
-from . import l1norm, thinet, regression, slimming, sss, magnitude, baselines  # noqa: F401,I001
+from . import baselines, l1norm, magnitude, regression, slimming, sss, thinet  # noqa: F401
 from ._base import REGISTRY, Method, Param, PruneResult, check_ratio, get_method, list_methods, register
 
 __all__ = ["REGISTRY", "Method", "Param", "PruneResult", "check_ratio", "get_method", "list_methods", "register"]

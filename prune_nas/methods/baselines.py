@@ -31,18 +31,18 @@ if TYPE_CHECKING:
     from ..genome import Genome
 
 
-def uniform_genome(base: "Genome", keep_fraction: float) -> "Genome":
+def uniform_genome(base: Genome, keep_fraction: float) -> Genome:
     """``base`` with every width group at ``max(1, round(width * keep_fraction))`` (selections clipped to the
     channels that exist). ``keep_fraction`` in (0, 1]."""
     if not 0.0 < keep_fraction <= 1.0:
         raise UserError(f"keep fraction must be in (0, 1], got {keep_fraction}")
     if base.sparsity is not None:
         raise UserError("uniform channel pruning needs a dense genome")
-    widths = {g: max(1, int(round(w * keep_fraction))) for g, w in base.widths.items()}
+    widths = {g: max(1, round(w * keep_fraction)) for g, w in base.widths.items()}
     return base.replace(widths=_fit_selects(base, widths), name=None)
 
 
-def uniform_sparsity_genome(base: "Genome", density: float, seed: int = 0) -> "Genome":
+def uniform_sparsity_genome(base: Genome, density: float, seed: int = 0) -> Genome:
     """``base`` with every conv layer at the same ``density`` (fraction of weights kept); masks sampled from
     ``seed`` (see :func:`random_masks`) make it exact."""
     if not 0.0 < density <= 1.0:
@@ -53,7 +53,7 @@ def uniform_sparsity_genome(base: "Genome", density: float, seed: int = 0) -> "G
     return base.replace(sparsity=sp, name=None)
 
 
-def random_masks(genome: "Genome", seed: int = 0) -> dict[str, np.ndarray]:
+def random_masks(genome: Genome, seed: int = 0) -> dict[str, np.ndarray]:
     """Exact masks for a genome's per-layer densities: each conv keeps ``round(density * weights)`` weights
     (at least 1) chosen uniformly at random, one ``numpy`` generator seeded with ``seed`` over the layers in
     layout order."""
@@ -64,14 +64,14 @@ def random_masks(genome: "Genome", seed: int = 0) -> dict[str, np.ndarray]:
     for name, op in conv_ops(genome).items():
         n = op.weight_count
         d = genome.sparsity.density.get(name, 1.0) if genome.sparsity else 1.0
-        k = max(1, int(round(d * n)))
+        k = max(1, round(d * n))
         m = np.zeros(n, dtype=bool)
         m[rng.choice(n, size=k, replace=False)] = True
         out[name] = m.reshape(op.cout, op.cin, op.k, op.k)
     return out
 
 
-def match_params(base: "Genome", target_params: int, iters: int = 50) -> "Genome":
+def match_params(base: Genome, target_params: int, iters: int = 50) -> Genome:
     """The uniform genome (:func:`uniform_genome`) whose params are closest to ``target_params``.
 
     Params grow with the fraction in steps: at each step every group's width moves by at most one channel.
@@ -97,7 +97,7 @@ def match_params(base: "Genome", target_params: int, iters: int = 50) -> "Genome
     return below if target_params - pb <= pa - target_params else above
 
 
-def random_keep(genome: "Genome", widths: dict[str, int], seed: int = 0, model=None) -> dict[str, np.ndarray]:
+def random_keep(genome: Genome, widths: dict[str, int], seed: int = 0, model=None) -> dict[str, np.ndarray]:
     """Random kept channels per narrowed group (sorted), one generator over groups in layout order.
     Selections keep random channels among those that their (possibly narrowed) producers still keep."""
     rng = np.random.default_rng(seed)
@@ -130,7 +130,7 @@ def _alive(genome, slot: str, keep: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _like_widths(genome: "Genome", like) -> dict[str, int]:
+def _like_widths(genome: Genome, like) -> dict[str, int]:
     from ..library import resolve_genome
 
     other = resolve_genome(like) if isinstance(like, str) else like

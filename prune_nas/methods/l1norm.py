@@ -17,7 +17,7 @@ has an even id as in Li et al.). Only the inner convs of residual blocks are pru
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def target_widths(genome, ratio: float | None = None, config: str | None = None,
             raise UserError(f"l1-norm has no config {config!r} for {genome.model} (configs there: {have})")
         if genome.family == "vgg":
             named = vgg_widths(L1_VGG16_A)
-            return {g: max(1, int(round(genome.widths[g] * named[g] / base[g]))) for g in prunable
+            return {g: max(1, round(genome.widths[g] * named[g] / base[g])) for g in prunable
                     if named[g] < base[g]}, notes
         skip, ratios = L1_RESNET_CONFIGS[(genome.model, config)]
     else:

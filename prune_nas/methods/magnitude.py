@@ -37,7 +37,7 @@ def global_masks(weights: dict[str, np.ndarray], ratio: float) -> tuple[dict[str
 
     >>> m, _ = global_masks({"a": np.array([3.0, -1.0]), "b": np.array([1.0, 2.0])}, 0.5)
     >>> m["a"].tolist(), m["b"].tolist()
-    [[True, False], [False, True]]
+    ([True, False], [False, True])
     """
     names = list(weights)
     flat = [np.abs(np.asarray(weights[n], dtype=np.float64)).reshape(-1) for n in names]
@@ -45,7 +45,7 @@ def global_masks(weights: dict[str, np.ndarray], ratio: float) -> tuple[dict[str
     values = np.concatenate(flat)
     layer = np.repeat(np.arange(len(names)), sizes)
     total = values.size
-    n_prune = int(round(ratio * total))
+    n_prune = round(ratio * total)
     if n_prune > total - len(names):
         raise ValueError(f"cannot prune {n_prune} of {total} weights and keep one per layer")
     order = np.argsort(values, kind="stable")  # ascending |w|; stable keeps layout order among ties

@@ -24,7 +24,8 @@ rewritten so that it reads exactly the kept channels of the (possibly narrower) 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,14 +37,21 @@ if TYPE_CHECKING:
 
     from ..genome import Genome
 
-__all__ = ["shrink", "keep_largest", "channel_ids", "group_scores", "producers", "consumers", "bn_ops",
-           "state_of", "BN_KEYS"]
+__all__ = [
+    "bn_ops",
+    "channel_ids",
+    "consumers",
+    "group_scores",
+    "keep_largest",
+    "producers",
+    "shrink",
+    "state_of",
+]
 
-BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 _PER_OUT = ("weight", "bias", "running_mean", "running_var", "weight_mask")
 
 
-def state_of(model: "nn.Module | Mapping[str, torch.Tensor]") -> dict[str, torch.Tensor]:
+def state_of(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A detached CPU state dict from a module or a state dict."""
     sd = model.state_dict() if hasattr(model, "state_dict") else model
     return {k: v.detach().cpu() for k, v in sd.items()}
@@ -64,7 +72,7 @@ def keep_largest(scores: Sequence[float] | np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
-def channel_ids(genome: "Genome", model: "nn.Module | Mapping[str, torch.Tensor]", group: str) -> np.ndarray:
+def channel_ids(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor], group: str) -> np.ndarray:
     """What ``shrink`` expects as indices for ``group``, position by position of the large model's channels:
     ``arange(width)`` for conv/stream groups; for a selection, the channels of the shared tensor it reads
     (its ``index`` buffer). A method that scores positions (e.g. BN scales) keeps ``channel_ids(...)[pos]``.
@@ -77,7 +85,7 @@ def channel_ids(genome: "Genome", model: "nn.Module | Mapping[str, torch.Tensor]
     return index.detach().cpu().numpy().astype(np.int64)
 
 
-def group_scores(genome: "Genome", slot_scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def group_scores(genome: Genome, slot_scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-group importance from per-slot importance: coupled slots share one index set, so their scores
     add up (e.g. the stem and the first residual stream of a CIFAR ResNet)."""
     out: dict[str, np.ndarray] = {}
@@ -88,7 +96,7 @@ def group_scores(genome: "Genome", slot_scores: Mapping[str, np.ndarray]) -> dic
     return out
 
 
-def producers(genome: "Genome", group: str) -> list[Op]:
+def producers(genome: Genome, group: str) -> list[Op]:
     """Conv / linear layers whose output channels belong to ``group``."""
     members = set(genome.groups.members[group])
     from ..cost import ops_of
@@ -96,7 +104,7 @@ def producers(genome: "Genome", group: str) -> list[Op]:
     return [op for op in ops_of(genome) if op.kind != "bn" and op.out_slot in members]
 
 
-def consumers(genome: "Genome", group: str) -> list[Op]:
+def consumers(genome: Genome, group: str) -> list[Op]:
     """Conv / linear layers that read the channels of ``group`` (directly, or through a selection's
     concatenation for conv groups of a DenseNet)."""
     from ..cost import ops_of
@@ -107,7 +115,7 @@ def consumers(genome: "Genome", group: str) -> list[Op]:
     return [op for op in ops_of(genome) if op.kind != "bn" and (members | readers) & set(op.in_slots)]
 
 
-def bn_ops(genome: "Genome", group: str) -> list[Op]:
+def bn_ops(genome: Genome, group: str) -> list[Op]:
     """BatchNorm layers normalising the channels of ``group``."""
     from ..cost import ops_of
 
@@ -116,8 +124,8 @@ def bn_ops(genome: "Genome", group: str) -> list[Op]:
 
 
 # ---- the surgery -------------------------------------------------------------------------------------------
-def shrink(genome: "Genome", model: "nn.Module | Mapping[str, torch.Tensor]",
-           keep: Mapping[str, Sequence[int]]) -> tuple["Genome", dict[str, torch.Tensor]]:
+def shrink(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor],
+           keep: Mapping[str, Sequence[int]]) -> tuple[Genome, dict[str, torch.Tensor]]:
     """The pruned genome and the state dict of ``build(pruned)`` holding the large model's kept weights.
 
     ``keep`` maps width groups to the channels to keep (see the module docstring for select groups); indices
@@ -236,13 +244,13 @@ def _concat_map(reads: tuple[str, ...], slot_w: Mapping[str, int], kept: Mapping
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _ops(genome: "Genome") -> list[Op]:
+def _ops(genome: Genome) -> list[Op]:
     from ..cost import ops_of
 
     return ops_of(genome)
 
 
-def _check_shapes(small: "Genome", state: Mapping[str, torch.Tensor]) -> None:
+def _check_shapes(small: Genome, state: Mapping[str, torch.Tensor]) -> None:
     """Every sliced tensor has the shape ``build(small)`` expects (checked from the layer geometry)."""
     for op in _ops(small):
         w = state.get(f"{op.name}.weight")
