@@ -184,8 +184,8 @@ def test_a_threshold_removes_near_zero_blocks_and_the_model_is_never_emptied():
     names = [f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(3)]
     scales = {n: 1e-3 for n in names}
     scales["stage3.block1"] = 0.5
-    assert SSS.prune(genome, None, scales=scales).genome.blocks == (3, 3, 3)
-    assert SSS.prune(genome, None, scales=scales, threshold=1e-2).genome.blocks == (0, 0, 1)
+    assert SSS.prune(genome, None, scales=scales, threshold=0.0).genome.blocks == (3, 3, 3)
+    assert SSS.prune(genome, None, scales=scales).genome.blocks == (0, 0, 1)  # default threshold 0.01
     result = SSS.prune(genome, None, scales={n: 0.0 for n in names[:-1]} | {names[-1]: -1e-4},
                        threshold=1e-3)
     assert result.genome.blocks == (0, 0, 1)

@@ -82,7 +82,7 @@ def target_widths(method: str, genome, ratio: float | None, config: str | None,
     if config is not None:
         if ratio is not None:
             raise UserError(f"{method}: give either a ratio or a config, not both")
-        return _config_widths(method, genome, config, aliases, prunable), notes
+        return _config_widths(method, genome, config, aliases, prunable, notes), notes
     ratio = 0.5 if ratio is None else float(ratio)
     check_ratio(ratio)
     keep = {}
@@ -96,7 +96,7 @@ def target_widths(method: str, genome, ratio: float | None, config: str | None,
     return keep, notes
 
 
-def _config_widths(method, genome, config, aliases, prunable) -> dict[str, int]:
+def _config_widths(method, genome, config, aliases, prunable, notes: list[str]) -> dict[str, int]:
     from ..library import NAMED, named_genome
 
     name = aliases.get(config.lower(), config)
@@ -115,7 +115,11 @@ def _config_widths(method, genome, config, aliases, prunable) -> dict[str, int]:
         if g not in prunable:
             raise UserError(f"{method}: config {name!r} narrows {g}, which {method} cannot prune")
         have = genome.widths[g]
-        keep[g] = min(have, max(1, int(round(have * w / base[g]))))
+        k = int(round(have * w / base[g]))
+        if k < 1:
+            k = 1
+            notes.append(f"{g}: kept 1 of {have} channels (config {name!r} scaled to this width would empty it)")
+        keep[g] = min(have, k)
     return keep
 
 
