@@ -422,6 +422,10 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     ``dataset`` lets a caller load a dataset once for many runs. ``callbacks`` (see :func:`train_model`) may
     only observe, e.g. report each epoch or stop the run by raising (then nothing is stored); they are not
     part of the run's key.
+
+    On CPU the same spec, seed and thread count reproduce the record's curve and accuracy exactly (the record
+    notes ``threads``: the reduction order inside conv kernels follows the thread count); CUDA runs are close
+    but not bit-identical (cuDNN picks non-deterministic kernels).
     """
     from . import __version__
     from .cost import count
