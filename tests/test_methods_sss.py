@@ -45,7 +45,8 @@ def test_scales_of_one_leave_the_model_unchanged(model_name):
     with torch.no_grad():
         plain = model(x)
         scales = attach_scales(model)
-        assert len(scales) == sum(genome.blocks) and attach_scales(model).keys() == scales.keys()  # idempotent
+        assert len(scales) == sum(genome.blocks)
+        assert attach_scales(model).keys() == scales.keys()  # idempotent
         assert torch.equal(model(x), plain)
         set_scales(model, {name: 0.0 for name in scales})
         assert not torch.allclose(model(x), plain)  # the scale really acts on the branch

@@ -118,7 +118,7 @@ def _config_widths(method, genome, config, aliases, prunable, notes: list[str]) 
         k = int(round(have * w / base[g]))
         if k < 1:
             k = 1
-            notes.append(f"{g}: kept 1 of {have} channels (config {name!r} scaled to this width would empty it)")
+            notes.append(f"{g}: kept 1 of {have} channels (config {name!r} at this width would empty it)")
         keep[g] = min(have, k)
     return keep
 
@@ -158,7 +158,7 @@ def weight_view(layer: nn.Module, window: int) -> torch.Tensor:
 
 
 def _windows(layer: nn.Module, x: torch.Tensor, n: np.ndarray, pos: np.ndarray, wo: int) -> torch.Tensor:
-    """Input windows (len(n), channels, window) of ``layer`` for images ``n`` at flat output positions ``pos``.
+    """Input windows (len(n), channels, window) of ``layer``, images ``n``, flat output positions ``pos``.
     ``x`` is (N, C, H, W) for a conv and (N, C, window) for a Linear."""
     n = torch.from_numpy(n)
     if isinstance(layer, nn.Linear):
@@ -308,7 +308,7 @@ class ReconstructionMethod(Method):
         raise NotImplementedError
 
     def refit_positions(self, samples: int, **params) -> Callable[[int, int], int]:
-        """How many (image, position) pairs the refit of a layer keeping ``k`` channels of ``window`` needs."""
+        """(kept channels, window) -> how many (image, position) pairs the refit of a layer samples."""
         return lambda k, window: samples
 
     def prune(self, genome, model, *, data=None, ratio=None, config=None, samples=1000, images=64, seed=0,
@@ -320,8 +320,9 @@ class ReconstructionMethod(Method):
         x = input_batch(data, images, seed)
         own = {p.name for p in self.params}
         params = {k: v for k, v in params.items() if k in own}
-        kept, work, errors = prune_sequential(genome, model, x, keep, self.selector(**params), samples=samples,
-                                              positions=self.refit_positions(samples, **params), seed=seed)
+        positions = self.refit_positions(samples, **params)
+        kept, work, errors = prune_sequential(genome, model, x, keep, self.selector(**params),
+                                              samples=samples, positions=positions, seed=seed)
         return finish(self, genome, work, kept, errors, notes, ratio=ratio, config=config, samples=samples,
                       images=images, seed=seed, **params)
 
@@ -339,6 +340,8 @@ def finish(method, genome, work: nn.Module, kept: dict[str, list[int]], errors: 
                          f"{errors[worst]:.3g} ({worst})"]
     provenance = {**small.provenance, "method": method.name,
                   "params": {k: v for k, v in params.items() if v is not None}}
-    name = f"{genome.name or genome.model}-{method.name}" + (f"-{params['config']}" if params.get("config") else "")
+    name = f"{genome.name or genome.model}-{method.name}"
+    if params.get("config"):
+        name += f"-{params['config']}"
     small = small.replace(name=name, provenance=provenance)
     return PruneResult(small, state, notes=notes)

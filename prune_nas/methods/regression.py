@@ -93,7 +93,7 @@ def _fill(chosen: list[int], beta: np.ndarray, Z: np.ndarray, keep: int) -> np.n
 
 
 def lstsq_refit(sample: LayerSample, kept: np.ndarray, ridge: float) -> np.ndarray:
-    """Least-squares weights of the consumer on the kept channels (all outputs at once); removed channels zero."""
+    """Least-squares weights of the consumer on the kept channels (all outputs at once); the rest zero."""
     m, window = len(sample.patches), sample.W.shape[2]
     A = sample.patches[:, kept].reshape(m, -1)
     x0 = sample.W[:, kept].reshape(len(sample.W), -1).T  # (kept * window, outputs)

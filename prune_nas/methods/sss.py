@@ -4,9 +4,9 @@ Every residual block gets a learnable scale ``lambda`` (initialised to 1) multip
 output. Training adds a sparsity penalty ``gamma * |lambda|_1``, minimised by proximal gradient steps on the
 scales, ``lambda <- soft_threshold(lambda - lr * grad, lr * gamma)`` with ``soft_threshold(x, t) =
 sign(x) * max(|x| - t, 0)``, while SGD trains every other weight (the paper's accelerated proximal gradient,
-without the acceleration), so unneeded blocks reach exactly zero. Blocks with ``|lambda| <= threshold`` are removed; the result is a genome whose ``blocks`` lists
-the kept blocks per stage. Families: post-activation ResNets (CIFAR and ImageNet, basic and bottleneck) and
-pre-activation ResNets.
+without the acceleration), so unneeded blocks reach zero. Blocks with ``|lambda| <= threshold`` are removed;
+the result is a genome whose ``blocks`` lists the kept blocks per stage. Families: post-activation ResNets
+(CIFAR and ImageNet, basic and bottleneck) and pre-activation ResNets.
 
 Training hooks for the one training loop (``prune_nas.train.train_model``):
 
@@ -44,7 +44,7 @@ from ._base import Method, Param, PruneResult, register
 
 SCALE = "block_scale"
 # A scale is driven to zero when its loss gradient stays below the penalty, so gamma is on the scale of the
-# per-batch cross-entropy gradients; sweep it (the paper gets ResNet-41/32/26 from one model at several gammas).
+# per-batch cross-entropy gradients; sweep it (the paper gets ResNet-41/32/26 at several gammas).
 # On the digits demo (ResNet-20 at a quarter width, 20 epochs) 0.05 removes nothing, 0.2 drives two blocks to
 # ~0.001 and 0.5 removes every block. Proximal SGD leaves near-zero scales flickering around 0 once the lr is
 # small, hence a small threshold rather than exactly 0.
@@ -199,7 +199,8 @@ def training_callbacks(model: nn.Module, *, penalty: float = DEFAULT_PENALTY, pr
 
 
 # ---- pruning -----------------------------------------------------------------------------------------------
-def kept_blocks(genome, scales: dict[str, float], threshold: float = DEFAULT_THRESHOLD) -> tuple[list[list[int]], list[str]]:
+def kept_blocks(genome, scales: dict[str, float],
+                threshold: float = DEFAULT_THRESHOLD) -> tuple[list[list[int]], list[str]]:
     """Per stage, the original indices of the blocks whose |scale| exceeds ``threshold``. A model is never
     emptied: if no block survives, the one with the largest |scale| stays (and a note says so)."""
     expected = [f"stage{s}.block{b}" for s, n in enumerate(genome.blocks, start=1) for b in range(n)]
@@ -246,7 +247,7 @@ def pruned_genome(genome, keep: list[list[int]]) -> tuple[object, list[str]]:
 
 
 def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> tuple[dict, list[str]]:
-    """State dict for ``build(small)`` from the trained ``model`` (scales folded in); see the module docstring."""
+    """State dict for ``build(small)`` from the trained ``model`` (scales folded in); see the module doc."""
     import copy
 
     from ..build import build
@@ -269,8 +270,8 @@ def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> t
         out[key] = old[src].clone()
     for s, k in enumerate(keep, start=1):
         if k and k[0] != 0 and _reads_new_tensor(genome, s):
-            notes.append(f"stage{s}.block0 (was block{k[0]}) now reads the previous stage's output: its first "
-                         "layer is freshly initialised")
+            notes.append(f"stage{s}.block0 (was block{k[0]}) now reads the previous stage's output: "
+                         "its first layer is freshly initialised")
     return out, notes
 
 
@@ -308,8 +309,8 @@ def _source_key(genome, key: str, keep: list[list[int]], family: str) -> str | N
 @register
 class SparseStructureSelection(Method):
     name = "sss"
-    summary = "a learnable scale per residual block pushed to zero by a sparsity penalty; blocks whose scale " \
-              "collapses are removed"
+    summary = ("a learnable scale per residual block pushed to zero by a sparsity penalty; blocks whose "
+               "scale collapses are removed")
     citation = "Huang & Wang, Data-Driven Sparse Structure Selection for Deep Neural Networks, ECCV 2018"
     target = "automatic"
     families = ("resnet", "preresnet")
@@ -328,8 +329,8 @@ class SparseStructureSelection(Method):
     def training_callbacks(self, model: nn.Module, **kwargs) -> list:
         return training_callbacks(model, **kwargs)
 
-    def prune(self, genome, model, *, threshold: float = DEFAULT_THRESHOLD, scales: dict[str, float] | None = None,
-              penalty: float | None = None, **_) -> PruneResult:
+    def prune(self, genome, model, *, threshold: float = DEFAULT_THRESHOLD,
+              scales: dict[str, float] | None = None, penalty: float | None = None, **_) -> PruneResult:
         """Remove the blocks whose scale is at most ``threshold``. Scales come from ``model`` (trained with
         ``training_callbacks``) unless given as ``scales`` ({"stage1.block0": value, ...})."""
         self.check(genome)
@@ -338,8 +339,8 @@ class SparseStructureSelection(Method):
         if scales is None:
             scales = block_scales(model) if model is not None else {}
             if not scales:
-                raise UserError("sss: the model carries no block scales; train it with the method's callbacks "
-                                "(sss.training_callbacks) first")
+                raise UserError("sss: the model carries no block scales; train it with the method's "
+                                "callbacks (sss.training_callbacks) first")
         keep, notes = kept_blocks(genome, scales, threshold)
         small, more = pruned_genome(genome, keep)
         notes += more

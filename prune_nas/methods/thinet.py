@@ -5,10 +5,10 @@ For each prunable width group (a conv's output channels read by one conv or line
 channel contributes ``x_c`` (its kernel window times its input). ThiNet greedily builds the set ``T`` of
 channels to remove, each time adding the channel that keeps ``||r + sum_{c in T} x_c||^2`` smallest, until
 ``|T|`` is the number to remove; the kept channels' weights are then rescaled by least squares (one factor per
-channel, ``np.linalg.lstsq``), ThiNet's last step. ``r`` is the gap between the original model's output and the
-current one's, zero for the first pruned layer, where the criterion is exactly ThiNet's ``||sum_T x_c||^2``;
-later layers see the already pruned model and so also correct the error upstream (ThiNet fine-tunes between
-layers instead).
+channel, ``np.linalg.lstsq``), ThiNet's last step. ``r`` is the gap between the original model's output and
+the current one's, zero for the first pruned layer, where the criterion is exactly ThiNet's
+``||sum_T x_c||^2``; later layers see the already pruned model and so also correct the error upstream (ThiNet
+fine-tunes between layers instead).
 
 Target widths are predefined: a uniform ``ratio`` of channels removed per prunable layer, or a named config
 (``vgg-conv``, ``vgg-gap``, ``vgg-tiny``, ``resnet50-30``, ``resnet50-50``, ``resnet50-70``; see
@@ -74,12 +74,14 @@ def thinet_select(sample: LayerSample, keep: int, ridge: float = 1e-3, refit: bo
 @register
 class ThiNet(ReconstructionMethod):
     name = "thinet"
-    summary = "greedy channel selection minimising the next layer's reconstruction error, then a least-squares " \
-              "rescale of the kept channels"
-    citation = "Luo, Wu & Lin, ThiNet: A Filter Level Pruning Method for Deep Neural Network Compression, ICCV 2017"
+    summary = ("greedy channel selection minimising the next layer's reconstruction error, then a "
+               "least-squares rescale of the kept channels")
+    citation = ("Luo, Wu & Lin, ThiNet: A Filter Level Pruning Method for Deep Neural Network Compression, "
+                "ICCV 2017")
     configs = CONFIGS
-    params = COMMON_PARAMS[:1] + (Param("config", None, "named widths instead of a ratio: " + ", ".join(CONFIGS)),
-                                  ) + COMMON_PARAMS[1:]
+    params = COMMON_PARAMS[:1] + (
+        Param("config", None, "named widths instead of a ratio: " + ", ".join(CONFIGS)),
+    ) + COMMON_PARAMS[1:]
 
     def selector(self, ridge=1e-3, **_):
         return lambda sample, keep: thinet_select(sample, keep, ridge)
