@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -141,13 +139,6 @@ def concurrent(name: str, device: torch.device, procs: int, steps: int, warmup: 
     return procs * steps * BATCH / max(steps * BATCH / r for r in rates)
 
 
-def start_mps() -> str:
-    if shutil.which("nvidia-cuda-mps-control") is None:
-        return "unavailable: nvidia-cuda-mps-control not found"
-    r = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True)
-    return "started" if r.returncode == 0 else f"not started: {(r.stderr or r.stdout).strip()[:200]}"
-
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -170,6 +161,8 @@ def main() -> None:
     out = {"benchmark": "train_throughput", "batch_size": BATCH, "device": _device_name(device),
            "torch": torch.__version__, "steps_timed": steps, "results": {}}
     if cuda and not args.no_concurrent:
+        from prune_nas.parallel import start_mps
+
         out["mps"] = start_mps()
     for name in args.models.split(","):
         t0 = time.perf_counter()

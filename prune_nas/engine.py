@@ -110,6 +110,17 @@ def device_epoch(dataset, batch_size: int, generator: torch.Generator, device: t
         yield x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]
 
 
+_SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One warm-up stream per device for the whole process: cuBLAS keeps a workspace (tens of MiB) for every
+    stream it has run on, so a new stream per candidate would leak that much per candidate."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 class _Step:
     """One training step. Loss and correct-prediction sums accumulate in device tensors (``loss_sum``,
     ``correct``) so an epoch needs one host sync, at its end."""
@@ -246,7 +257,7 @@ class FastStep(_Step):
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
         acc = (self.loss_sum.clone(), self.correct.clone())
         self._static = (x.clone(), y.clone())
-        stream = torch.cuda.Stream(self.device)
+        stream = _side_stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(3):
@@ -265,8 +276,16 @@ class FastStep(_Step):
             self._body(*self._static)
 
     def release(self) -> None:
-        """Drop the graph and its memory pool (a long-lived worker trains many candidates)."""
+        """Drop the graph and its memory pool (a long-lived worker trains many candidates). Gradients were
+        allocated from the graph's private pool during capture: they go too, or the pool would stay alive
+        as long as the model."""
+        self.opt.zero_grad()
+        if self._graph is not None:
+            self._graph.reset()  # frees the graph and its pool now, whatever else still refers to it
         self._graph = None
         self._static = None
         if self.device.type == "cuda":
+            import gc
+
+            gc.collect()
             torch.cuda.empty_cache()

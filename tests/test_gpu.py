@@ -1,5 +1,7 @@
 """The fast engine on a real CUDA device (deselected by default; run with `pytest -m gpu`)."""
 
+import dataclasses
+import gc
 import statistics
 
 import numpy as np
@@ -66,7 +68,8 @@ def test_masked_weights_stay_zero_inside_the_graph(tmp_path):
     rng = np.random.default_rng(0)
     masks = {op.name: rng.random((op.cout, op.cin, op.k, op.k)) < 0.3 for op in ops_of(g) if op.kind == "conv"}
     sha = save_masks(masks, tmp_path / "m.npz")
-    g = load_genome(save_genome(g.replace(sparsity=Sparsity(mask=MaskRef("m.npz", sha))), tmp_path / "g.json"))
+    sparse = dataclasses.replace(g, sparsity=Sparsity(mask=MaskRef("m.npz", sha)), source_dir=tmp_path)
+    g = load_genome(save_genome(sparse, tmp_path / "g.json"))
     model = _model(0, g)
     h = train_model(model, load_dataset("digits"), Protocol(epochs=3, lr=0.05), seed=0, device=CUDA,
                     progress=False, engine="fast")
@@ -84,6 +87,7 @@ def test_no_memory_growth_across_candidates():
         train_model(model, ds, Protocol(epochs=1), seed=seed, device=CUDA, progress=False, engine="fast")
         evaluate_model(model, ds, CUDA)
         del model
+        gc.collect()
         torch.cuda.synchronize()
         allocated.append(torch.cuda.memory_allocated())
     # The dataset copy stays cached on the device; models and graphs must not pile up.
