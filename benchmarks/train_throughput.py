@@ -41,7 +41,7 @@ def synthetic_cifar(n: int, num_classes: int = 10):
 
 
 def model_for(name: str):
-    from prune_nas.build import build
+    from prune_nas.builder import build
     from prune_nas.library import resolve_genome
 
     return build(resolve_genome(name))

@@ -15,7 +15,7 @@ from .genome import Genome, base_genome, load_genome, save_genome
 
 def build(genome, masks: bool = True):
     """Build an ``nn.Module`` from a genome (imports torch on first use)."""
-    from .build import build as _build
+    from .builder import build as _build
 
     return _build(genome, masks=masks)
 

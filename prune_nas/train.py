@@ -170,7 +170,7 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     ``"fast"`` (device-resident epochs, bf16 + channels_last + one CUDA graph per step on CUDA): see
     ``prune_nas.engine``; both run this same loop.
 
-    >>> from prune_nas.build import build
+    >>> from prune_nas.builder import build
     >>> from prune_nas.genome import base_genome
     >>> from prune_nas.data import load_dataset
     >>> g = base_genome("vgg11", width_mult=0.125, input_size=16)
@@ -391,7 +391,7 @@ def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome"
 
 def init_model(spec: RunSpec) -> nn.Module:
     """A fresh model for the spec (seeded by the spec's seed), or the inherited weights for fine-tuning."""
-    from .build import build
+    from .builder import build
 
     torch.manual_seed(spec.seed)
     model = build(spec.genome)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import prune_nas.train as train_mod
-from prune_nas.build import build
+from prune_nas.builder import build
 from prune_nas.genome import base_genome, save_genome
 from prune_nas.data import synthetic
 from prune_nas.store import Store

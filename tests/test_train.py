@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prune_nas.build import build
+from prune_nas.builder import build
 from prune_nas.genome import base_genome
 from prune_nas.cost import count
 from prune_nas.data import load_dataset, synthetic

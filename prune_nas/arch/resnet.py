@@ -131,7 +131,9 @@ class ResNet(Family):
             identity = self._identity_entry(spec, s)
             layers = OrderedDict()
             if n == 0:
+                # What a block whose branch is zero computes: relu(shortcut(x)).
                 layers["shortcut"] = _shortcut(cfg["shortcut"], identity, cin, cout, stride)
+                layers["relu"] = nn.ReLU(inplace=True)
             for b in range(n):
                 p = f"stage{s}.block{b}"
                 inner = [widths[f"{p}.{c}"] for c in self._inner(spec)]

@@ -146,7 +146,7 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     import torch
 
     from .. import __version__
-    from ..build import build
+    from ..builder import build
     from ..genome import atomic_write_text
     from ..store import default_root
     from ..train import train_model

@@ -250,7 +250,7 @@ def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> t
     """State dict for ``build(small)`` from the trained ``model`` (scales folded in); see the module doc."""
     import copy
 
-    from ..build import build
+    from ..builder import build
 
     source = copy.deepcopy(model).cpu()
     detach_scales(source, fold=True)
