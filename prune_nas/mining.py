@@ -228,7 +228,7 @@ def mine_genomes(genomes: Sequence[Genome], files: Sequence[str]) -> Pattern:
                    blocks=list(first.blocks) if first.blocks else None, sources=sources, layers=layers,
                    stages=stages, pruned_kinds=pruned, sparse=_kernel_pattern(genomes) if all(sparse) else None,
                    size=_sizes(genomes, refs[0]),
-                   reference={"name": refs[0].name or refs[0].model, "width": _width_of(first)},
+                   reference={"name": refs[0].name or refs[0].model, "width": width_multiplier(refs[0])},
                    extra={"producer": {"prune_nas_version": __version__}})
 
 
@@ -245,30 +245,44 @@ def _first(files, flags, value):
     return files[flags.index(value)]
 
 
-def _width_of(genome: Genome) -> float:
-    src = genome.provenance.get("source")
-    return float(src.get("width") or 1.0) if isinstance(src, dict) else 1.0
+def _recorded_width(genome: Genome) -> float | None:
+    """The width multiplier of the model a run pruned, where its provenance records one."""
+    for key in ("pruned_from", "source"):  # discover's record of the large model
+        d = genome.provenance.get(key)
+        if isinstance(d, dict) and d.get("width"):
+            return float(d["width"])
+    return None
 
 
 def reference_genome(genome: Genome) -> Genome:
-    """The unpruned model a run pruned, whose widths its kept ratios are measured against: the named base
-    model at the width multiplier the run records (``provenance.source.width``, as ``discover`` writes it),
-    else its recorded ``reference`` genome when that resolves (a file beside it, or a library name)."""
+    """The unpruned model a run pruned, whose widths its kept ratios are measured against: its recorded
+    ``reference`` genome when that resolves to one of the same model (a file beside it, or a name
+    ``resolve_genome`` knows), else the base model at the width multiplier its provenance records
+    (``pruned_from.width``), else the base model."""
     kw = {"num_classes": genome.num_classes, "input_size": genome.input_size, "in_channels": genome.in_channels}
-    width = _width_of(genome)
     ref = genome.provenance.get("reference")
-    if width == 1.0 and isinstance(ref, str) and ref not in _models():
+    if isinstance(ref, str) and ref not in _models():
         beside = genome.source_dir / f"{ref}.json" if genome.source_dir else None
         try:
             if beside is not None and beside.exists():
-                return load_genome(beside)
-            from .library import resolve_genome
+                found = load_genome(beside)
+            else:
+                from .library import resolve_genome
 
-            return resolve_genome(ref)
+                found = resolve_genome(ref)
+            if found.model == genome.model and found.blocks == genome.spec.default_blocks:
+                return found
         except UserError:
             pass  # an unresolvable reference: fall back to the base model
+    width = _recorded_width(genome) or 1.0
     g = base_genome(genome.model, width_mult=width, **kw)
     return g if width != 1.0 else replace(g, name=genome.model)
+
+
+def width_multiplier(reference: Genome) -> float:
+    """How wide ``reference`` is relative to its base model (0.25 for discover's digits models)."""
+    base = reference.groups.base_widths()
+    return float(f"{sum(reference.widths.values()) / sum(base.values()):.3g}")
 
 
 def _width_pattern(genomes: Sequence[Genome], reference: Genome) -> tuple[list, list, list]:
@@ -381,7 +395,7 @@ def figure_paths(pattern_path: str | Path) -> dict[str, Path]:
 
 
 def _title(p: Pattern) -> str:
-    model = p.reference.get("name") or p.model
+    model = (p.reference.get("name") or p.model).removesuffix(f"-{p.dataset}")  # discover's names end so
     return f"{model} / {p.dataset} / {p.method}, {p.runs} run{'s' if p.runs != 1 else ''}"
 
 

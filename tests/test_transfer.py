@@ -383,11 +383,23 @@ def test_narrow_runs_are_measured_against_their_narrow_model(tmp_path):
     assert discovered_files("vgg16", "digits", "slimming", tmp_path, ratio=0.4) == files
     assert discovered_files("vgg16", "digits", "slimming", tmp_path, ratio=0.5) == []
     p = mine(files)
-    assert p.reference == {"name": "vgg16-x0.25", "width": 0.25}
+    assert p.reference == {"name": "vgg16-x0.25-digits", "width": 0.25}  # the reference file beside the runs
     assert p.layer("conv1")["base"] == 16 and p.layer("conv13")["base"] == 128
     assert p.stage(1)["ratio"] == pytest.approx((16 + 15) / 2 / 16)
     assert p.stage(5)["ratio"] == pytest.approx((64 + 63) / 2 / 128)
     assert p.size["params"][0] < 0.5  # of the narrow model, not of the full VGG-16 (that would be < 0.05)
+
+
+def test_narrow_runs_without_reference_file_use_the_recorded_width(tmp_path):
+    files = narrow_runs(tmp_path)
+    (tmp_path / "vgg16-x0.25-digits.json").unlink()
+    for f in files:  # discover's newer provenance: the large model under "pruned_from"
+        data = json.loads(f.read_text())
+        data["provenance"]["pruned_from"] = data["provenance"].pop("source")
+        data["provenance"]["reference"] = "no-such-genome"  # unresolvable, wherever the tests run
+        f.write_text(json.dumps(data))
+    p = mine(files)
+    assert p.reference == {"name": "vgg16-x0.25", "width": 0.25} and p.layer("conv13")["base"] == 128
 
 
 def test_guided_narrow_target_writes_and_references_its_base(tmp_path):
