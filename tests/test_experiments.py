@@ -1,0 +1,227 @@
+"""Experiment specs: every spec validates at every scale; user errors are one line naming file and field; the
+runner runs a spec end to end, writes its manifest, and resumes after an interruption reusing finished runs.
+
+The default suite runs one spec end to end at smoke scale (Table 4, Network Slimming); the other specs run at
+smoke scale under ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prune_nas.cli import main
+from prune_nas.errors import UserError
+from prune_nas.experiments import (
+    KINDS,
+    SCALES,
+    load_manifest,
+    load_spec,
+    parse_spec,
+    run_dir,
+    run_experiment,
+    spec_files,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = spec_files(ROOT / "experiments")
+NAMES = [p.stem for p in SPECS]
+# What the issue asks for: Tables 1-6, Table 8, Figures 3-5.
+EXPECTED = {"table1_l1norm": "Table 1", "table2_thinet": "Table 2", "table3_regression": "Table 3",
+            "table4_slimming": "Table 4", "table5_sss": "Table 5", "table6_magnitude": "Table 6",
+            "table8_widths": "Table 8", "figure3_efficiency": "Figure 3", "figure4_kernels": "Figure 4",
+            "figure5_guided": "Figure 5"}
+END_TO_END = "table4_slimming"  # the one smoke run in the default suite
+
+
+def test_one_spec_per_experiment_of_the_paper():
+    assert sorted(NAMES) == sorted(EXPECTED)
+    for path in SPECS:
+        spec = load_spec(path)
+        assert spec.name == path.stem, "the name chooses the output folder; keep it equal to the file name"
+        assert spec.paper == EXPECTED[spec.name]
+
+
+@pytest.mark.parametrize("path", SPECS, ids=NAMES)
+def test_spec_validates_at_every_scale(path):
+    spec = load_spec(path)
+    assert spec.kind in KINDS
+    for scale in SCALES:
+        plan = spec.plan(scale)
+        assert plan.rows and plan.total_runs() > 0
+    smoke = spec.plan("smoke")
+    assert {r.dataset for r in smoke.rows} == {"digits"}, "smoke runs on the embedded dataset"
+    assert all(r.width <= 0.25 and r.epochs <= 5 and (r.input_size or 32) <= 16 for r in smoke.rows)
+    paper = spec.plan("paper")
+    assert {r.dataset for r in paper.rows} <= {"cifar10", "cifar100", "imagenet"}
+    for r in paper.rows:
+        assert r.width == 1.0 and r.input_size is None
+        assert r.epochs == {"cifar10": 160, "cifar100": 160}.get(r.dataset, r.epochs)
+        if r.dataset != "imagenet":
+            assert len(r.seeds) == 5, "CIFAR results are mean ± std of 5 runs"
+
+
+def test_paper_scale_settings_follow_the_paper():
+    t4 = load_spec(ROOT / "experiments" / "table4_slimming.yaml").plan("paper")
+    rows = {(r.dataset, r.model, r.ratio) for r in t4.rows}
+    assert ("cifar10", "vgg19", 0.7) in rows and ("cifar100", "vgg19", 0.5) in rows
+    assert ("cifar10", "preresnet164", 0.6) in rows and ("cifar100", "densenet40", 0.4) in rows
+    imagenet = [r for r in t4.rows if r.dataset == "imagenet"]
+    assert [(r.model, r.finetune_epochs, r.epochs, r.cap) for r in imagenet] == [("vgg11-imagenet", 5, 90, 2.0)]
+    assert all(r.finetune_epochs == 40 for r in t4.rows if r.dataset != "imagenet")
+    t1 = load_spec(ROOT / "experiments" / "table1_l1norm.yaml").plan("paper")
+    assert [r.label for r in t1.rows][:5] == ["VGG-16-A", "ResNet-56-A", "ResNet-56-B", "ResNet-110-A",
+                                              "ResNet-110-B"]
+    t8 = load_spec(ROOT / "experiments" / "table8_widths.yaml").plan("paper")
+    (row,) = t8.rows
+    assert (row.model, row.dataset, row.ratio, len(row.seeds)) == ("vgg16", "cifar10", 0.4, 5)
+    assert len(row.reported["widths"]) == 13
+    f5 = load_spec(ROOT / "experiments" / "figure5_guided.yaml")
+    assert {(r.model, r.dataset, r.source) for r in f5.plan("paper").rows} == {("vgg19", "cifar100",
+                                                                                ("vgg16", "cifar10"))}
+    # smoke forces the source's dataset too
+    assert {r.source for r in f5.plan("smoke").rows} == {("vgg16", "digits")}
+
+
+# ---- validation ----------------------------------------------------------------------------------------------
+MINIMAL = {"version": 1, "name": "t", "title": "t", "paper": "Table 4", "kind": "comparison", "method": "slimming",
+           "rows": [{"dataset": "cifar10", "model": "vgg19", "ratio": 0.7}],
+           "scales": {"paper": {"seeds": 5}, "small": {"seeds": 3, "epochs": 40},
+                      "smoke": {"dataset": "digits", "width": 0.125, "input_size": 16, "epochs": 1, "seeds": 2}}}
+
+
+def _with(change) -> dict:
+    d = json.loads(json.dumps(MINIMAL))
+    change(d)
+    return d
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda d: d.update(colour="red"), "colour", "unknown key"),
+    (lambda d: d["scales"]["smoke"].update(epoch=3), "scales.smoke.epoch", "did you mean epochs"),
+    (lambda d: d["rows"][0].update(model="vgg99"), "rows[0].model", "unknown model 'vgg99'"),
+    (lambda d: d.update(method="slimmming"), "method", "unknown method 'slimmming'"),
+    (lambda d: d["rows"][0].update(dataset="mnist"), "rows[0].dataset", "unknown dataset 'mnist'"),
+    (lambda d: d["scales"].pop("small"), "scales.small", "missing"),
+    (lambda d: d.update(version=2), "version", "must be 1"),
+    (lambda d: d.update(kind="table"), "kind", "unknown kind"),
+    (lambda d: d["rows"][0].update(ratio=1.5), "rows[0]", "(0, 1)"),
+    (lambda d: d["rows"][0].update(params={"lambda": 1}), "rows[0].params.lambda", "no parameter 'lambda'"),
+    (lambda d: d["scales"]["paper"].update(seeds=0), "scales.paper.seeds", "number of seeds"),
+    (lambda d: d["scales"]["small"].update(budgets=["scratch-c"]), "scales.small.budgets", "scratch-e"),
+    (lambda d: d["scales"]["smoke"].update(input_size=4), "rows[0]", "needs at least"),
+    (lambda d: d.pop("scales"), "scales", "missing"),
+])
+def test_spec_errors_name_the_file_and_field(change, field, words):
+    with pytest.raises(UserError) as e:
+        parse_spec(_with(change), "x.yaml")
+    msg = str(e.value)
+    assert msg.startswith((f"x.yaml: {field}: ", f"x.yaml: scales.smoke.{field}")) or f": {field}" in msg, msg
+    assert words in msg and "\n" not in msg
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\nkind: comparison\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: not valid YAML at line"):
+        load_spec(bad)
+    with pytest.raises(UserError, match="experiment spec not found"):
+        load_spec(tmp_path / "none.yaml")
+
+
+def test_cli_user_error_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with(lambda d: d["rows"][0].update(model="vgg99"))))
+    assert main(["run", str(bad), "--scale", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.yaml: rows[0].model: unknown model 'vgg99'" in err
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    assert main(["run", *map(str, SPECS), "--scale", "paper", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "table4_slimming.yaml: Table 4, comparison, scale paper: 11 rows, 275 runs" in out
+    assert "imagenet vgg11-imagenet @224px, slimming: VGG-11 50%; seeds 5, 90 epochs, fine-tune 5" in out
+    assert not any(tmp_path.iterdir())
+
+
+# ---- the runner ------------------------------------------------------------------------------------------------
+TINY = {"version": 1, "name": "tiny", "title": "tiny", "paper": "Table 4", "kind": "comparison",
+        "method": "slimming", "rows": [{"model": "vgg11", "ratio": 0.5}],
+        "scales": {s: {"dataset": "synthetic", "width": 0.125, "input_size": 16, "epochs": 1, "finetune_epochs": 1,
+                       "seeds": 2} for s in SCALES}}
+
+
+def test_interrupted_run_resumes_and_reuses_finished_runs(tmp_path, monkeypatch):
+    from prune_nas import train
+
+    spec = parse_spec(json.loads(json.dumps(TINY)), tmp_path / "tiny.yaml")
+    real, calls = train.run, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "run", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, "smoke", progress=False, log=lambda s: None)
+    m = load_manifest(run_dir(spec, "smoke"))
+    assert m["status"] == "interrupted" and 0 < m["progress"]["done"] < m["progress"]["total"]
+    done = m["progress"]["done"]
+    monkeypatch.setattr(train, "run", real)
+    path = run_experiment(spec, "smoke", progress=False, log=lambda s: None)
+    m = load_manifest(path)
+    assert m["status"] == "complete" and m["progress"]["done"] == m["progress"]["total"] == 10
+    assert m["progress"]["reused"] >= done, "what finished before the interruption is reused"
+    again = load_manifest(run_experiment(spec, "smoke", progress=False, log=lambda s: None))
+    assert again["progress"]["reused"] == again["progress"]["total"]
+    assert [r["key"] for r in again["runs"]] == [r["key"] for r in m["runs"]]
+
+
+def test_table4_smoke_end_to_end(tmp_path, capsys):
+    """The default suite's end-to-end smoke run: `prune-nas run` then `prune-nas report`."""
+    spec = ROOT / "experiments" / f"{END_TO_END}.yaml"
+    assert main(["run", str(spec), "--scale", "smoke", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "table4_slimming [smoke]: 10/10 runs (0 reused), 0 failed" in out
+    m = load_manifest(run_dir(load_spec(spec), "smoke"))
+    assert m["status"] == "complete" and m["scale"] == "smoke"
+    assert m["hardware"]["device"].startswith("cpu") and m["versions"]["torch"] and m["wall_time_s"] > 0
+    roles = [r["role"] for r in m["runs"]]
+    assert roles == ["prune", "unpruned", "finetune", "scratch-e", "scratch-b"] * 2
+    assert all(r["status"] == "ok" for r in m["runs"])
+    by = {(r["role"], r["seed"]): r for r in m["runs"]}
+    assert by[("scratch-b", 0)]["epochs"] > by[("scratch-e", 0)]["epochs"] == 3
+    assert by[("finetune", 0)]["epochs"] == 2
+    assert by[("prune", 0)]["params"] < by[("prune", 0)]["base_params"]
+    assert len({r["key"] for r in m["runs"] if r["role"] != "prune"}) == 8
+    # resuming reuses every run
+    assert main(["run", str(spec), "--scale", "smoke", "--no-progress", "--device", "cpu"]) == 0
+    assert "10/10 runs (10 reused)" in capsys.readouterr().out
+    # and the report renders from the spec's folder
+    report = tmp_path / "report"
+    assert main(["report", str(run_dir(load_spec(spec), "smoke").parent), "--out", str(report)]) == 0
+    md = (report / "report.md").read_text()
+    assert "**Scale: smoke**" in md and "| digits | vgg11 ×0.125 |" in md
+    assert {p.name for p in report.iterdir()} >= {"report.md", "table.csv", "accuracy.png", "widths-row0.png"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if n != END_TO_END])
+def test_spec_runs_at_smoke_scale(name, tmp_path):
+    from prune_nas.report import render
+
+    spec = load_spec(ROOT / "experiments" / f"{name}.yaml")
+    path = run_experiment(spec, "smoke", progress=False, log=lambda s: None)
+    m = load_manifest(path)
+    assert m["status"] == "complete" and m["progress"]["done"] == m["progress"]["total"]
+    assert all(r["status"] == "ok" for r in m["runs"])
+    files = render(path.parent, tmp_path / "report")
+    assert files[0].name == "report.md" and all(f.exists() for f in files)
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert pngs and all(f.stat().st_size > 10_000 for f in pngs)
