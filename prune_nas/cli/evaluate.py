@@ -1,0 +1,259 @@
+"""`prune-nas evaluate` (one row of the paper's tables), `search` / `worker` (Optuna studies over a search
+space) and `results` (a study's table at any time)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+
+from ..errors import UserError
+from ._format import human, table
+
+EVALUATE_EXAMPLES = """\
+examples:
+  prune-nas evaluate                                       # embedded default: slimming, digits, CPU, minutes
+  prune-nas evaluate --method slimming --model vgg19 --dataset cifar10 --ratio 0.7 --seeds 5
+  prune-nas evaluate --method l1-norm --model resnet56 --config B --dataset cifar10 --download
+  prune-nas evaluate --method magnitude --ratio 0.8 --seeds 3
+"""
+SEARCH_EXAMPLES = """\
+examples:
+  prune-nas search --space search_spaces/vgg11-digits.yaml --trials 20          # one machine, SQLite file
+  prune-nas search --space search_spaces/vgg19-cifar100.yaml --trials 200 \\
+      --storage postgresql://user:pass@dbhost/prune_nas                        # then, on each extra machine:
+  prune-nas worker --study vgg19-cifar100 --storage postgresql://user:pass@dbhost/prune_nas
+  prune-nas results vgg19-cifar100 --storage postgresql://user:pass@dbhost/prune_nas
+  optuna-dashboard sqlite:///artifacts/studies/vgg11-digits.db                  # Optuna's own tools work too
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="a pruning method vs fine-tuning, Scratch-E/B, uniform and random "
+                                        "pruning over seeds, with significance tests",
+                       description="Reproduce one row of the paper's tables: discover (or reuse) the pruned "
+                                   "genome, train every baseline over N seeds (stored runs are reused) and "
+                                   "print mean ± std, the best in bold, and Welch's t-tests. With no flags: "
+                                   "the embedded default on digits (CPU, a few minutes).",
+                       epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="slimming",
+                   help="pruning method (default slimming; `prune-nas methods`)")
+    p.add_argument("--model", help="base model (default: the discover pipeline's for the dataset)")
+    p.add_argument("--dataset", default="digits", help="digits (default, embedded), synthetic, cifar10, "
+                                                       "cifar100, imagenet")
+    p.add_argument("--ratio", type=float, help="fraction pruned (the method's default otherwise)")
+    p.add_argument("--seeds", type=int, help="seeds per row (default 3 on digits, 5 otherwise)")
+    p.add_argument("--width", type=float, help="width multiplier of the large model (default 0.25 on digits)")
+    p.add_argument("--epochs", type=int, help="base epochs: the large model's and Scratch-E's (default 5 on "
+                                              "digits, 160 CIFAR)")
+    p.add_argument("--finetune-epochs", type=int,
+                   help="fine-tune epochs (default: 5 on digits, else a quarter of --epochs: 40 of 160 as "
+                        "in the paper)")
+    p.add_argument("--input-size", type=int, help="input size (default: 16 on digits, the model's otherwise)")
+    m = p.add_argument_group("method parameters (see `prune-nas methods`)")
+    m.add_argument("--config", help="l1-norm / thinet / regression: a named config")
+    m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned")
+    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales")
+    m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer")
+    m.add_argument("--like", help="random / uniform: widths or params of this genome")
+    m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any method parameter")
+    _where(p)
+    p.add_argument("--genome-dir", help="where the discovered genome is read and written (default "
+                                        "artifacts/runs/evaluate/genomes)")
+    p.add_argument("--out", help="folder for table.md / .csv / .json (default "
+                                 "artifacts/runs/evaluate/<name>)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("search", help="an Optuna study over a search space, seeded with pruned genomes",
+                       description="Run (or resume) an Optuna study over a search space file: each trial "
+                                   "trains one candidate genome x budget x seed from scratch. Seed genomes "
+                                   "and uniform pruning run first.", epilog=SEARCH_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--space", required=True, help="search space file, or a name in search_spaces/")
+    s.add_argument("--trials", type=int, default=20, help="settled trials the study should have (default 20)")
+    s.add_argument("--study", help="study name (default: the space's name)")
+    _study_opts(s)
+    s.set_defaults(func=cmd_search)
+
+    w = sub.add_parser("worker", help="join an existing study (on this or another machine), run its trials",
+                       description="Join a study created by `prune-nas search`; its search space is read "
+                                   "from the study. Stops when the study has its target of settled trials.",
+                       epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--trials", type=int,
+                   help="settled trials the study should have (default: what `search` set)")
+    w.add_argument("--sampler-seed", type=int, help="seed of this worker's sampler (default: random)")
+    _study_opts(w)
+    w.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser("results", help="a study's table: best candidates or the Pareto front, trial counts")
+    r.add_argument("study", metavar="STUDY", help="study name")
+    r.add_argument("--storage",
+                   help="storage URL (default: the study's SQLite file under artifacts/studies/)")
+    r.add_argument("--top", type=int, default=10, help="candidates to show (default 10)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=cmd_results)
+
+
+def _where(p) -> None:
+    r = p.add_argument_group("where and how")
+    r.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
+    r.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    r.add_argument("--store", help="results store (default $PRUNE_NAS_HOME/store or artifacts/store)")
+    r.add_argument("--threads", type=int, help="CPU threads for torch (default 1 on the embedded datasets)")
+    r.add_argument("--no-progress", action="store_true")
+
+
+def _study_opts(p) -> None:
+    p.add_argument("--storage", help="Optuna storage URL: sqlite:///file.db, postgresql://user@host/db, ... "
+                                     "(default: artifacts/studies/<study>.db)")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried "
+                        "(default 10)")
+    p.add_argument("--grace", type=int, help="seconds of silence before a trial counts as dead (default 3 x "
+                                             "--heartbeat)")
+    _where(p)
+
+
+def _setup(args, dataset: str | None) -> str:
+    import torch
+
+    from ..methods.discover import SHORT
+    from .train import _device
+
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif device == "cpu" and dataset in SHORT:
+        torch.set_num_threads(1)  # tiny convolutions: a second thread costs more than it gains
+    return device
+
+
+def _log(args):
+    return (lambda s: print(s, file=sys.stderr, flush=True)) if getattr(args, "json", False) else \
+        (lambda s: print(s, flush=True))
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import command_line, evaluate
+    from .discover import method_args
+
+    device = _setup(args, args.dataset)
+    # Progress goes to stderr so that stdout is the table alone (`prune-nas evaluate > table.md`).
+    comp = evaluate(args.method, model=args.model, dataset=args.dataset, ratio=args.ratio, seeds=args.seeds,
+                    width=args.width, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                    input_size=args.input_size, params=method_args(args), device=device, store=args.store,
+                    genome_dir=args.genome_dir, data_dir=args.data_dir, download=args.download,
+                    progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
+                    command=command_line(), out_dir=args.out)
+    if args.json:
+        print(json.dumps(comp.to_dict(), indent=1))
+        return 0
+    bold = "ansi" if sys.stdout.isatty() else "md"
+    print()
+    print(f"### {comp.title}\n")
+    print(comp.markdown(bold))
+    print()
+    for line in comp.footer():
+        print(line)
+    print(f"\nwritten to {comp.meta['written_to']}/table.{{md,csv,json}} ({comp.meta['wall_time_s']:.0f} s, "
+          f"{comp.meta['device']})")
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler stopping the job) interrupts like Ctrl-C: the running trial goes back in the
+    queue."""
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def cmd_search(args) -> int:
+    from ..search import search
+    from ..spaces import load_space
+
+    space = load_space(args.space)
+    device = _setup(args, space.dataset)
+    with _sigterm_interrupts():
+        summary = search(space, trials=args.trials, storage=args.storage, study_name=args.study,
+                         store=args.store, device=device, progress=not args.no_progress,
+                         heartbeat=args.heartbeat, grace=args.grace, data_dir=args.data_dir,
+                         download=args.download, log=_log(args))
+    print()
+    print(results_text(summary))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from ..search import worker
+
+    device = _setup(args, None)
+    with _sigterm_interrupts():
+        summary = worker(args.study, storage=args.storage, trials=args.trials, store=args.store,
+                         device=device, progress=not args.no_progress, heartbeat=args.heartbeat,
+                         grace=args.grace, sampler_seed=args.sampler_seed, data_dir=args.data_dir,
+                         download=args.download, log=_log(args))
+    print()
+    print(results_text(summary))
+    return 0
+
+
+def cmd_results(args) -> int:
+    from ..search import load_study, summarize
+
+    if args.top < 1:
+        raise UserError("--top must be >= 1")
+    study, _ = load_study(args.study, args.storage)
+    summary = summarize(study)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(results_text(summary, args.top))
+    return 0
+
+
+def results_text(summary: dict, top: int = 10) -> str:
+    """The study's table: counts, then the best candidates (single objective) or the Pareto front."""
+    c = summary["counts"]
+    obj = summary["objective"]
+    space = summary["space"]
+    lines = [f"study {summary['study']}: {space['model']} (x{space['width']:g}) on {space['dataset']}, "
+             f"objective {json.dumps(obj)}, budget {space['budget']['kind']}"]
+    lines.append(f"trials: {c['complete']} complete, {c['early_stopped']} stopped early, {c['failed']} "
+                 f"failed, {c['infeasible']} infeasible (not trained), {c['interrupted']} interrupted and "
+                 f"retried, {c['running']} running, {c['waiting']} waiting; target "
+                 f"{summary.get('target_trials')} settled")
+    cands = summary["candidates"]
+    if not cands:
+        lines.append("no finished candidates yet")
+        return "\n".join(lines)
+
+    def rows(items):
+        return [[i + 1, x["origin"], x["genome_name"] or x["genome_key"], human(x["params"]),
+                 human(x["flops"]), x["epochs"] if x["epochs"] is not None else "-", x["seeds"],
+                 f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}", ",".join(map(str, x["trials"]))]
+                for i, x in enumerate(items)]
+
+    heads = ["#", "origin", "genome", "params", "FLOPs", "epochs", "seeds", "top-1 %", "trials"]
+    if "pareto" in summary:
+        lines += ["", f"Pareto front (accuracy up, {obj['multi'][1]} down) over candidates "
+                      f"(Optuna's per-trial front: trials {summary.get('optuna_best_trials', [])}):",
+                  table(rows(summary["pareto"]), heads, align="rllrrrrrl")]
+    lines += ["", f"top {min(top, len(cands))} of {len(cands)} candidates by mean accuracy:",
+              table(rows(cands[:top]), heads, align="rllrrrrrl")]
+    if summary.get("failed"):
+        lines += ["", "failed trials:"]
+        lines += [f"  trial {f['trial']}: {f['reason']}" for f in summary["failed"][:10]]
+    return "\n".join(lines)
