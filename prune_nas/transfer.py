@@ -334,7 +334,7 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
     if target.groups.base_widths() != dict(target.widths):
         # A narrow target: write it beside the genomes so reductions and Scratch-B budgets can be measured
         # against it (an absolute path, as discover records its narrow references outside the library).
-        ref_path = Path(out_dir) / f"{target.name}.json"
+        ref_path = Path(out_dir) / f"{target.name or target.model + '-narrow-' + target.key}.json"
         save_genome(replace(target, provenance={"method": "unpruned", "reference": target.model,
                                                 "prune_nas_version": __version__}), ref_path)
         reference = str(ref_path.resolve())
