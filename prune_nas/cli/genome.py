@@ -53,7 +53,10 @@ def describe(genome) -> dict:
     cost, ref = count(genome), reference_of(genome)
     rcost = count(ref)
     groups = genome.groups
-    base = groups.base_widths()
+    # Widths are compared with the reference where it is the same model (a narrow model a method pruned),
+    # else with the base model's.
+    same = ref.model == genome.model and ref.blocks == genome.blocks
+    base = dict(ref.widths) if same else groups.base_widths()
     return {
         "name": genome.name, "key": genome.key, "model": genome.model, "family": genome.family,
         "num_classes": genome.num_classes, "input": {"channels": genome.in_channels, "size": genome.input_size},
