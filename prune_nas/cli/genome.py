@@ -85,7 +85,7 @@ def cmd_info(args) -> int:
           f"input {info['input']['channels']}x{info['input']['size']}x{info['input']['size']}"
           + (f", blocks per stage {info['blocks']}" if info["blocks"] else ""))
     print(f"  params {human(info['params'])} ({info['params']:,}), FLOPs {human(info['flops'])} MACs; "
-          f"vs {info['reference']['model']}: params {_reduction(red['params'])}, FLOPs {_reduction(red['flops'])}")
+          f"vs {info['reference']['name'] or info['reference']['model']}: params {_reduction(red['params'])}, FLOPs {_reduction(red['flops'])}")
     if info["provenance"].get("method"):
         print(f"  method {info['provenance']['method']}"
               + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
