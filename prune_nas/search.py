@@ -150,7 +150,8 @@ def open_storage(url: str | None, name: str, *, create: bool = False, heartbeat:
 
 def storage_url(url: str) -> str:
     """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, while the
-    ``postgres`` extra installs psycopg2; an explicit ``postgresql+driver://`` is left alone."""
+    ``postgres`` extra installs psycopg2; an explicit ``postgresql+driver://`` is left alone. (Optuna's own
+    CLI and optuna-dashboard do not rewrite: give them ``postgresql+psycopg2://...``.)"""
     m = re.match(r"postgres(ql)?://", url)
     if not m:
         return url
@@ -376,7 +377,10 @@ class Evaluator:
         self.ran.append(trial.number)
         try:
             return self._run(trial)
-        except (TrainingFailed, optuna.TrialPruned):
+        except optuna.TrialPruned as e:
+            self.log(f"trial {trial.number}: {e}")
+            raise
+        except TrainingFailed:
             raise
         except BaseException as e:  # Ctrl-C, SIGTERM, a user error: put the trial back before leaving
             _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
