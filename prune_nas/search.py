@@ -536,6 +536,9 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
                           download=download)
     storage = study._storage  # the heartbeat interval sets the polling pace
     hb = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if hb is None:
+        log("note: this storage has no heartbeat, so a trial whose worker is killed stays RUNNING; use "
+            "SQLite or PostgreSQL for studies that must survive killed workers")
     poll = poll_s if poll_s is not None else float(hb or 2)
     cap = max_infeasible if max_infeasible is not None else 20 * max(target, 1) + 100
     waited = False
