@@ -113,7 +113,8 @@ def _header(m: dict) -> list[str]:
     if s.get("description"):
         lines += ["", " ".join(s["description"].split())]
     when = m.get("updated", m.get("started", ""))
-    lines += ["", (f"Ran on {hw.get('device', '?')}, {hw.get('threads', '?')} torch threads; wall time "
+    threads = hw.get("threads", "?")
+    lines += ["", (f"Ran on {hw.get('device', '?')}, {threads} torch thread{'' if threads == 1 else 's'}; wall time "
                   f"{_duration(m.get('wall_time_s'))} (training and pruning {_duration(m.get('compute_time_s'))}); "
                   f"prune-nas {v.get('prune_nas')}, torch {v.get('torch')}, Python {v.get('python')}; {when}.")]
     if status != "complete":
