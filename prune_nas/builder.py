@@ -11,7 +11,8 @@ from .genome import Genome
 def build(genome: Genome, masks: bool = True) -> nn.Module:
     """A physically smaller ``nn.Module`` for ``genome``, freshly initialised.
 
-    Sparse genomes with a mask file get their masks attached (masked weights zero and kept at zero).
+    Sparse genomes get their masks attached (masked weights zero and kept at zero): the exact mask file, or
+    for densities alone, masks sampled deterministically from the genome's sparsity seed.
     Conv module paths equal the layer names used by masks, densities and the cost model.
 
     >>> from prune_nas.genome import base_genome
@@ -19,8 +20,11 @@ def build(genome: Genome, masks: bool = True) -> nn.Module:
     '_VGGNet'
     """
     model = get_family(genome.family).build(genome, genome.slot_widths())
-    if masks and genome.sparsity is not None and genome.sparsity.mask is not None:
-        from .sparsity import apply_masks, load_masks
+    if masks and genome.sparsity is not None:
+        from .sparsity import apply_masks, load_masks, sampled_masks
 
-        apply_masks(model, load_masks(genome))
+        # An exact mask file wins; densities alone are realised as seeded masks, so the model trains with
+        # exactly the weights the cost model counts.
+        exact = genome.sparsity.mask is not None
+        apply_masks(model, load_masks(genome) if exact else sampled_masks(genome))
     return model

@@ -69,6 +69,63 @@ def load_masks(genome) -> dict[str, np.ndarray]:
     return masks
 
 
+def sample_mask(shape: tuple[int, ...], kept: int, keep_map: np.ndarray | None, rng: np.random.Generator
+                ) -> np.ndarray:
+    """A boolean mask of ``shape`` (cout, cin, k, k) with exactly ``kept`` True entries. For 3x3 kernels the
+    kept weights are spread over the nine positions as ``min(1, c * keep_map)`` (``c`` fitted to ``kept``),
+    each position's kernels drawn at random; otherwise uniformly."""
+    size = int(np.prod(shape))
+    if keep_map is None or shape[-2:] != (3, 3):
+        flat = np.zeros(size, dtype=bool)
+        flat[rng.choice(size, kept, replace=False)] = True
+        return flat.reshape(shape)
+    n = size // 9
+    p = np.maximum(np.asarray(keep_map, dtype=float).ravel(), 1e-6)
+    lo, hi = 0.0, 1.0 / p.min()
+    for _ in range(100):  # water-filling: sum(min(1, c p)) * n = kept
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if np.minimum(1.0, c * p).sum() * n < kept else (lo, c)
+    want = np.minimum(1.0, hi * p) * n
+    counts = np.minimum(np.floor(want).astype(int), n)
+    for i in np.argsort(-(want - counts), kind="stable"):  # largest remainders, then wrap until exact
+        if counts.sum() >= kept:
+            break
+        if counts[i] < n:
+            counts[i] += 1
+    while counts.sum() < kept:
+        counts[np.argmax(counts < n)] += 1
+    while counts.sum() > kept:
+        counts[np.argmax(counts)] -= 1
+    mask = np.zeros((n, 9), dtype=bool)
+    for pos in range(9):
+        mask[rng.choice(n, counts[pos], replace=False), pos] = True
+    return mask.reshape(shape)
+
+
+def sampled_masks(genome) -> dict[str, np.ndarray]:
+    """Masks for a genome that gives per-layer densities (and maybe per-stage 3x3 keep maps) but no mask file.
+
+    Deterministic for the genome: drawn from ``sparsity.seed`` (0 if unset), layer by layer in model order, each
+    keeping exactly the ``round(density * weights)`` weights the cost model counts.
+    """
+    from .cost import ops_of
+
+    sp = genome.sparsity
+    rng = np.random.default_rng(sp.seed or 0)
+    masks = {}
+    for op in ops_of(genome):
+        if op.kind != "conv" or op.name not in sp.density:
+            continue
+        total = op.weight_count
+        kept = int(round(sp.density[op.name] * total))
+        if kept >= total:
+            continue
+        keep_map = sp.kernel_keep.get(str(op.stage))
+        masks[op.name] = sample_mask((op.cout, op.cin, op.k, op.k), max(kept, 0),
+                                     None if keep_map is None else np.asarray(keep_map), rng)
+    return masks
+
+
 def apply_masks(model, masks: dict[str, np.ndarray], reinit: bool = True) -> None:
     """Attach masks to the model's convs: zero the masked weights and mask their gradients.
 

@@ -39,6 +39,7 @@ from .cost import count
 from .errors import UserError
 from .genome import Genome, MaskRef, Sparsity, base_genome, conv_ops, save_genome, validate
 from .mining import NUM_CLASSES, Pattern, mine, save_pattern
+from .sparsity import sample_mask
 
 BY = ("params", "flops")
 DISCOVER_RATIO = 0.4  # prune ratio of the runs ``transfer`` discovers when none exist and none is named
@@ -244,37 +245,6 @@ def _kept_counts(ops: dict, dens: dict[str, float], target: Genome, size: float,
     return kept
 
 
-def sample_mask(shape: tuple[int, ...], kept: int, keep_map: np.ndarray | None, rng: np.random.Generator
-                ) -> np.ndarray:
-    """A boolean mask of ``shape`` (cout, cin, k, k) with exactly ``kept`` True entries. For 3x3 kernels the
-    kept weights are spread over the nine positions as ``min(1, c * keep_map)`` (``c`` fitted to ``kept``),
-    each position's kernels drawn at random; otherwise uniformly."""
-    size = int(np.prod(shape))
-    if keep_map is None or shape[-2:] != (3, 3):
-        flat = np.zeros(size, dtype=bool)
-        flat[rng.choice(size, kept, replace=False)] = True
-        return flat.reshape(shape)
-    n = size // 9
-    p = np.maximum(np.asarray(keep_map, dtype=float).ravel(), 1e-6)
-    lo, hi = 0.0, 1.0 / p.min()
-    for _ in range(100):  # water-filling: sum(min(1, c p)) * n = kept
-        c = (lo + hi) / 2
-        lo, hi = (c, hi) if np.minimum(1.0, c * p).sum() * n < kept else (lo, c)
-    want = np.minimum(1.0, hi * p) * n
-    counts = np.minimum(np.floor(want).astype(int), n)
-    for i in np.argsort(-(want - counts), kind="stable"):  # largest remainders, then wrap until exact
-        if counts.sum() >= kept:
-            break
-        if counts[i] < n:
-            counts[i] += 1
-    while counts.sum() < kept:
-        counts[np.argmax(counts < n)] += 1
-    while counts.sum() > kept:
-        counts[np.argmax(counts)] -= 1
-    mask = np.zeros((n, 9), dtype=bool)
-    for pos in range(9):
-        mask[rng.choice(n, counts[pos], replace=False), pos] = True
-    return mask.reshape(shape)
 
 
 def guided_sparse(pattern: Pattern, target: Genome, size: float, seed: int = 0, by: str = "params"

@@ -101,3 +101,24 @@ def test_density_genome_counts_kept_weights_only():
     w = 512 * 512 * 9
     assert dense.params - count(sparse).params == w - round(0.25 * w)
     assert dense.flops - count(sparse).flops == (w - round(0.25 * w)) * 2 * 2
+
+
+def test_density_only_genomes_build_with_exactly_the_counted_weights():
+    from prune_nas.genome import Sparsity
+
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    keep = {"features.conv3": [[0.2, 0.9, 0.2], [0.9, 1.0, 0.9], [0.2, 0.9, 0.2]]}
+    sparse = g.replace(sparsity=Sparsity(density={"features.conv3": 0.3, "features.conv5": 0.55},
+                                         kernel_keep={"3": keep["features.conv3"]}, seed=4))
+    from prune_nas.cost import kept_weights
+
+    model = build(sparse)
+    for name, kept in kept_weights(sparse).items():
+        assert int((model.get_submodule(name).weight != 0).sum()) == kept, name
+    assert kept_weights(sparse)["features.conv3"] == round(0.3 * 32 * 16 * 9)
+    w = model.get_submodule("features.conv3").weight.detach()
+    again = build(sparse).get_submodule("features.conv3").weight.detach()
+    assert torch.equal(w != 0, again != 0)  # the same masks every time for the same genome
+    # The centre of the 3x3 kernel is kept more often than the corners, following the keep map.
+    kept = (w != 0).float().mean(dim=(0, 1))
+    assert kept[1, 1] > kept[0, 0]
