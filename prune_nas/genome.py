@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -316,15 +315,13 @@ def save_genome(genome: Genome, path: str | os.PathLike) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+    from .atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def random_genome(model: str, rng, min_fraction: float = 0.05, max_fraction: float = 1.0,

@@ -459,18 +459,12 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
-    import os
-    import tempfile
+    from .atomic import atomic_write
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png"), ".png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         import matplotlib.pyplot as plt
 
         plt.close(fig)

@@ -29,14 +29,10 @@ def file_sha256(path: Path) -> str:
 
 def save_masks(masks: dict[str, np.ndarray], path: Path) -> str:
     """Write masks (atomically) and return the file's SHA-256."""
-    import os
-    import tempfile
+    from .atomic import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, **{k: np.asarray(v, dtype=bool) for k, v in masks.items()})
-    os.replace(tmp, path)
+    arrays = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), ".npz")
     return file_sha256(path)
 
 

@@ -375,16 +375,11 @@ def inherited_weights(genome: "Genome") -> tuple["Path", str]:
 def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome":
     """Save inherited weights next to a genome file and return the genome naming them (file + sha256).
     ``path`` is the .pt file; the genome should be saved in the same folder."""
-    import os
-    import tempfile
-
+    from .atomic import atomic_write
     from .sparsity import file_sha256
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt")
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
-    os.replace(tmp, path)
+    cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: torch.save(cpu, tmp), ".pt")
     weights = {"file": path.name, "sha256": file_sha256(path)}
     return genome.replace(provenance={**genome.provenance, "weights": weights}, source_dir=path.parent)
 

@@ -1,0 +1,36 @@
+"""Atomic file writes: write a temp file in the target's folder, then rename it over the target.
+
+A reader (another worker, a crashed-and-restarted study) sees either the old file or the new one, never half
+of one. The temp file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask),
+since ``mkstemp`` creates it owner-only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+
+@lru_cache(maxsize=1)
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
