@@ -240,22 +240,10 @@ class Spec:
 
 def load_spec(path: str | os.PathLike) -> Spec:
     """Read and validate a spec file (every scale is planned, so a bad value anywhere is found now)."""
-    import yaml
+    from .userfiles import read_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"experiment spec not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read experiment spec {path}: {e.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    raw = read_yaml(path, "experiment spec")
     return parse_spec(raw, path)
 
 

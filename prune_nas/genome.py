@@ -294,13 +294,10 @@ def _fit_selects(genome: Genome, widths: dict[str, int]) -> dict[str, int]:
 
 def load_genome(path: str | os.PathLike) -> Genome:
     """Read and validate a genome file."""
+    from .userfiles import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"genome file not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read genome file {path}: {e.strerror}") from None
+    text = read_text(path, "genome file")
     try:
         return Genome.from_json(text, source_dir=path.resolve().parent)
     except GenomeError as e:

@@ -306,7 +306,7 @@ class Space:
 # ---- loading ---------------------------------------------------------------------------------------------
 def load_space(ref: str | Path) -> Space:
     """A space from a YAML (or JSON) file, or by name from ``search_spaces/`` (``vgg19-cifar100``)."""
-    import yaml
+    from .userfiles import read_yaml
 
     path = Path(ref)
     if not path.exists() and not path.suffix:
@@ -314,19 +314,8 @@ def load_space(ref: str | Path) -> Space:
             if cand.exists():
                 path = cand
                 break
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-        raise UserError(f"search space not found: {ref} (bundled spaces: {known})") from None
-    except OSError as e:
-        raise UserError(f"cannot read search space {ref}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    data = read_yaml(path, "search space", f"bundled spaces: {known}")
     space = _parse(data, str(path), path.stem)
     object.__setattr__(space, "source", str(path))
     return space
