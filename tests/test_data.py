@@ -9,13 +9,6 @@ from prune_nas.data import DIGITS_TEST_SIZE, load_dataset, random_crop, syntheti
 from prune_nas.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: on 2 shared cores extra threads only add synchronisation cost
-    old = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old[0])
-
-
 @pytest.fixture(scope="module")
 def digits16():
     return load_dataset("digits", input_size=16, in_channels=3)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from scipy import stats
 
 from prune_nas.cli import main
@@ -27,14 +26,6 @@ from prune_nas.evaluate import (
 )
 from prune_nas.genome import base_genome
 from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: on 2 shared cores extra threads only add synchronisation cost
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---- statistics ------------------------------------------------------------------------------------------

@@ -17,20 +17,6 @@ from prune_nas.methods.thinet import CONFIGS, greedy_remove, scale_refit, thinet
 THINET = REGISTRY["thinet"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tiny layers and least-squares problems run many times faster on one thread than on two that
-    compete with other processes for a shared 2-core machine."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
 # Tiny models of every supported family (and VGG head kind); inputs as small as the model allows.
 TINY = {
     "vgg11": dict(width_mult=0.125, input_size=16),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -30,14 +29,6 @@ from prune_nas.spaces import Space, list_spaces, load_space
 from prune_nas.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: on 2 shared cores extra threads only add synchronisation cost
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def tiny_space(**over) -> dict:

@@ -15,13 +15,6 @@ from prune_nas.store import Store
 from prune_nas.train import Budget, Protocol, RunSpec, attach_weights, init_model, run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: on 2 shared cores extra threads only add synchronisation cost
-    old = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old[0])
-
-
 @pytest.fixture(scope="module")
 def data16():
     return synthetic(train_size=128, test_size=64, input_size=16)

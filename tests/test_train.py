@@ -18,13 +18,6 @@ from prune_nas.train import (IMAGENET_RATIO_CAP, Budget, Protocol, RunSpec, eval
 VGG16_A = [32, 64, "M", 128, 128, "M", 256, 256, 256, "M", 256, 256, 256, "M", 256, 256, 256]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: on 2 shared cores extra threads only add synchronisation cost
-    old = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old[0])
-
-
 def tiny(model: str = "vgg11", **kw):
     return base_genome(model, input_size=16, width_mult=kw.pop("width_mult", 0.125), **kw)
 
