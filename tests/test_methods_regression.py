@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from test_methods_thinet import TINY, images, randomized, reconstruction_vs_random
-from test_methods_thinet import single_thread  # noqa: F401 (autouse fixture)
 
 from prune_nas import base_genome, build
 from prune_nas.errors import UserError

@@ -4,7 +4,7 @@ and the ResNet-50 genomes match the paper's ResNet-41/32/26."""
 
 import pytest
 import torch
-from test_methods_thinet import randomized, single_thread  # noqa: F401 (autouse fixture)
+from test_methods_thinet import randomized
 
 from prune_nas import base_genome, build
 from prune_nas.cost import count
