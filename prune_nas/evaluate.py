@@ -356,14 +356,16 @@ def default_out_root() -> Path:
 
 def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size, params, device, data_dir,
                 download, genome_dir, store_root, progress, log):
-    """The pruned genome (seed 0), its base and the large model's accuracy: an existing genome file of the
-    discover pipeline's name is reused, else ``discover`` runs (reusing its cached large model)."""
+    """The pruned genome (seed 0), its base, the large model's accuracy, the genome's path and the dataset:
+    an existing genome file of the discover pipeline's name is reused when it was pruned from the large model
+    these settings train (same cache key: model, data, protocol, regularizer) with the same parameters, else
+    ``discover`` runs (reusing its cached large model)."""
     from .arch import get_spec
-    from .data import NUM_CLASSES
+    from .data import NUM_CLASSES, load_dataset
     from .genome import base_genome, load_genome
     from .methods import get_method
-    from .methods.discover import (default_input_size, default_model, discover, method_params, protocol_for,
-                                   run_name)
+    from .methods.discover import (default_input_size, default_model, discover, large_key, method_params,
+                                   protocol_for, regularizer, run_name)
 
     m = get_method(method)
     given = dict(params or {})
@@ -380,23 +382,32 @@ def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size
     # short schedule must neither read nor overwrite genomes pruned from a longer-trained model.
     out = Path(genome_dir) if genome_dir is not None else default_out_root() / "genomes"
     path = out / f"{run_name(model, width, dataset, m.name, full, 0)}.json"
+    m.check(base, **full)  # the user's mistakes before loading data
+    data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
+                        in_channels=base.in_channels)
     if path.exists():
         genome = load_genome(path)
         weights = genome.provenance.get("weights")
         origin = _pruned_from(genome)
         shown = {k: v for k, v in full.items() if v is not None and v != () and v is not False}
         large = origin.get("large_model") or {}
-        same = (genome.input_size == base.input_size and origin.get("genome") == base.key
-                and (not m.needs_training or large.get("epochs") == protocol_for(dataset, epochs).epochs)
+        if m.needs_training:
+            protocol = protocol_for(dataset, epochs)
+            reg = regularizer(m, base, full, protocol=protocol,
+                              steps_per_epoch=data.steps_per_epoch(protocol.batch_size))
+            same_large = large.get("key") == large_key(base, dataset, protocol, reg, 0)[0]
+        else:
+            same_large = True
+        same = (genome.input_size == base.input_size and origin.get("genome") == base.key and same_large
                 and json.dumps(genome.provenance.get("params") or {}, sort_keys=True, default=str)
                 == json.dumps(shown, sort_keys=True, default=str))
         if same and (not weights or (genome.source_dir / weights["file"]).exists()):
             log(f"reusing the discovered genome {path}")
-            return genome, _named_base(base, model, width, dataset), large.get("test_top1"), path
+            return genome, _named_base(base, model, width, dataset), large.get("test_top1"), path, data
     d = discover(method, model=model, dataset=dataset, ratio=ratio, seed=0, width=width, epochs=epochs,
                  input_size=size, params=params, device=device, data_dir=data_dir, download=download,
-                 out_dir=out, store_root=store_root, progress=progress, log=log)
-    return d.genome, _named_base(d.base, model, width, dataset), (d.large or {}).get("test_top1"), d.path
+                 out_dir=out, store_root=store_root, progress=progress, log=log, data=data)
+    return d.genome, _named_base(d.base, model, width, dataset), (d.large or {}).get("test_top1"), d.path, data
 
 
 def _pruned_from(genome: "Genome") -> dict:
@@ -426,7 +437,7 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
 
     from . import __version__
     from .cost import count
-    from .data import NUM_CLASSES, load_dataset
+    from .data import NUM_CLASSES
     from .methods.discover import protocol_for
     from .store import Store
     from .train import Budget, Protocol, RunSpec, _device_name, run
@@ -449,13 +460,11 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
         raise UserError(f"--finetune-epochs must be >= 1, got {ft_epochs}")
     store = store if isinstance(store, Store) else Store(store)
 
-    pruned, base, large_acc, genome_path = _discovered(
+    pruned, base, large_acc, genome_path, data = _discovered(
         method, model=model, dataset=dataset, ratio=ratio, width=width, epochs=epochs, input_size=input_size,
         params=params,
         device=device, data_dir=data_dir, download=download, genome_dir=genome_dir, store_root=store.root,
         progress=progress, log=log)
-    data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
-                        in_channels=base.in_channels)
     scratch_e = Budget("epochs")
     scratch_b = Budget("flops", reference=base)
     finetune = Protocol.finetune(protocol, epochs=ft_epochs)

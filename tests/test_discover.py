@@ -26,6 +26,11 @@ def test_slimming_end_to_end_and_cache_reuse(tmp_path):
     assert prov["method"] == "slimming" and prov["dataset"] == "digits" and prov["seed"] == 0
     assert prov["pruned_from"]["large_model"]["epochs"] == 1 and 0 <= prov["pruned_from"]["large_model"]["test_top1"] <= 1
     assert prov["weights"]["file"] == first.weights.name and "torch_version" in prov
+    # the effective s (schedule-scaled: 1 epoch of 23 steps) and how it was derived
+    training = prov["pruned_from"]["large_model"]["training"]
+    assert training["rule"] == "schedule" and training["s"] > 1e-4 and training["steps_per_epoch"] == 23
+    assert prov["notes"][0] == f"slimming: {training['text']}" and first.notes[0] == prov["notes"][0]
+    assert "s" not in prov["params"]  # the user gave none
     assert sum(g.widths.values()) < sum(first.base.widths.values())
     # the inherited weights load into the pruned model (the fine-tune baseline's start)
     model = init_model(RunSpec(g, "digits", init="finetune"))
@@ -70,6 +75,12 @@ def test_cache_key_depends_on_the_regularizer_and_protocol():
     k_slim, _ = large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.5, "s": None}), 0)
     assert large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.9, "s": None}), 0)[0] == k_slim
     assert large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.5, "s": 1e-3}), 0)[0] != k_slim
+    # the default s depends on the schedule, and so does the key; on the paper's schedule it is the paper's s
+    sched = {"protocol": p, "steps_per_epoch": 23}
+    assert regularizer(slim, g, {"ratio": 0.5, "s": None}, **sched)["l1_bn_scales"] > 1e-4
+    assert large_key(g, "digits", p, regularizer(slim, g, {"ratio": 0.5, "s": None}, **sched), 0)[0] != k_slim
+    assert regularizer(slim, g, {"s": None}, protocol=protocol_for("cifar10"), steps_per_epoch=782) == \
+        {"method": "slimming", "l1_bn_scales": 1e-4}
     assert regularizer(mag, g, {"ratio": 0.5}) is None
     assert large_key(g, "digits", p, None, 0)[0] != k_slim
     assert large_key(g, "digits", p.with_epochs(3), None, 0)[0] != large_key(g, "digits", p, None, 0)[0]

@@ -182,6 +182,27 @@ def test_second_evaluate_reuses_every_run(table):
     assert [r.values for r in comp2.rows] == [r.values for r in comp.rows]
 
 
+def test_a_genome_pruned_from_another_large_model_is_not_reused(table):
+    """E.g. one pruned before slimming's default s followed the schedule: its large model's key differs."""
+    from prune_nas.evaluate import _discovered
+
+    _, _, _, _, home = table
+    kw = {k: v for k, v in TINY.items() if k not in ("seeds", "finetune_epochs")}
+    kw.update(model=None, params=None, device="cpu", data_dir=None, download=False, genome_dir=home / "genomes",
+              store_root=home / "store", progress=False)
+    lines: list[str] = []
+    genome, _, _, path, _ = _discovered("slimming", log=lines.append, **kw)
+    assert lines == [f"reusing the discovered genome {path}"]
+    d = json.loads(path.read_text())
+    d["provenance"]["pruned_from"]["large_model"]["key"] = "0" * 16
+    path.write_text(json.dumps(d))
+    lines.clear()
+    again, _, _, _, _ = _discovered("slimming", log=lines.append, **kw)
+    assert not any("reusing the discovered genome" in line for line in lines)
+    assert any(line.startswith("reusing the trained large model") for line in lines)  # pruned again, not trained
+    assert again.key == genome.key
+
+
 def test_evaluate_command_errors_are_one_line(capsys):
     assert main(["evaluate", "--dataset", "mnist"]) == 2
     assert main(["evaluate", "--method", "slimmming"]) == 2

@@ -8,7 +8,16 @@ import torch
 from prune_nas import base_genome, build
 from prune_nas.genome import Genome
 from prune_nas.methods import get_method
-from prune_nas.methods.slimming import BNScalePenalty, global_threshold, prunable_bns
+from prune_nas.methods.slimming import (
+    S_EXPONENT,
+    BNScalePenalty,
+    global_threshold,
+    lr_sum,
+    paper_lr_sum,
+    prunable_bns,
+    schedule_s,
+)
+from prune_nas.train import Protocol
 
 
 def _set_gammas(genome, model, rng):
@@ -134,3 +143,36 @@ def test_bad_ratio_is_a_user_error():
 def test_global_threshold_convention():
     assert global_threshold(np.array([4.0, 1.0, 3.0, 2.0]), 0.5) == 2.0  # index floor(3 * 0.5) = 1 of sorted
     assert global_threshold(np.arange(10.0), 0.7) == 6.0
+
+
+def test_paper_schedule_keeps_the_papers_s():
+    assert paper_lr_sum() == pytest.approx(782 * (80 * 0.1 + 40 * 0.01 + 40 * 0.001))  # 6600.08
+    for fam, paper in (("vgg", 1e-4), ("resnet", 1e-5), ("preresnet", 1e-5), ("densenet", 1e-5)):
+        for proto in (Protocol.cifar(), Protocol.for_dataset("cifar100")):
+            got = schedule_s(fam, protocol=proto, steps_per_epoch=782)
+            assert got["s"] == paper and got["rule"] == "schedule"
+        assert schedule_s(fam) == {"s": paper, "rule": "paper", "text": f"s = {paper:g}, the paper's for {fam}"}
+
+
+@pytest.mark.parametrize("epochs", [3, 5, 10, 20, 40])
+def test_shorter_schedules_scale_s_by_the_lr_sum(epochs):
+    proto = Protocol.for_dataset("digits", epochs=epochs)
+    got = schedule_s("vgg", protocol=proto, steps_per_epoch=23)
+    ratio = paper_lr_sum() / lr_sum(proto, 23)
+    assert got["s"] == pytest.approx(1e-4 * ratio ** S_EXPONENT, rel=1e-3)
+    assert got["s"] > 1e-4 and got["lr_sum"] == pytest.approx(23 * sum(proto.lr_at(e) for e in range(epochs)))
+    assert f"{epochs} epochs x 23 steps" in got["text"] and got["paper_s"] == 1e-4
+    # given explicitly: used as given, whatever the schedule
+    assert schedule_s("vgg", 3e-3, proto, 23) == {"s": 3e-3, "rule": "given", "text": "s = 0.003, as given"}
+
+
+def test_regularizer_and_callbacks_use_the_effective_s():
+    g = base_genome("vgg11", width_mult=0.125, input_size=16)
+    slim = get_method("slimming")
+    proto = Protocol.for_dataset("digits", epochs=10)
+    want = schedule_s("vgg", protocol=proto, steps_per_epoch=23)["s"]
+    assert slim.regularizer(g, protocol=proto, steps_per_epoch=23) == {"l1_bn_scales": want}
+    assert slim.regularizer(g, protocol=proto, steps_per_epoch=23, s=1e-3) == {"l1_bn_scales": 1e-3}
+    (cb,) = slim.training_callbacks(build(g), genome=g, protocol=proto, steps_per_epoch=23, ratio=0.5)
+    assert cb.s == want
+    assert slim.training_record(g, protocol=proto, steps_per_epoch=23)["s"] == want

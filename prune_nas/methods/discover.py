@@ -115,19 +115,35 @@ def method_params(method: Method, given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def regularizer(method: Method, genome, params: dict) -> dict | None:
+def _schedule(protocol, steps_per_epoch: int | None) -> dict:
+    return {} if protocol is None else {"protocol": protocol, "steps_per_epoch": steps_per_epoch}
+
+
+def regularizer(method: Method, genome, params: dict, *, protocol=None,
+                steps_per_epoch: int | None = None) -> dict | None:
     """What the method's training phase depends on, for the large model's cache key (None: plain training).
 
-    A method with ``training_callbacks`` describes it with ``regularizer(genome, **params)``, or names its
-    training parameters in ``training_params``; otherwise all its parameters count (safe, but a change of a
-    pruning-only parameter then trains again)."""
+    A method with ``training_callbacks`` describes it with ``regularizer(genome, **params)`` (given the
+    training schedule too, ``protocol`` and the data's ``steps_per_epoch``, when known: slimming's default s
+    depends on it), or names its training parameters in ``training_params``; otherwise all its parameters
+    count (safe, but a change of a pruning-only parameter then trains again)."""
     if not callable(getattr(method, "training_callbacks", None)):
         return None
     if callable(getattr(method, "regularizer", None)):
-        return {"method": method.name, **method.regularizer(genome, **params)}
+        return {"method": method.name, **method.regularizer(genome, **_schedule(protocol, steps_per_epoch),
+                                                            **params)}
     names = getattr(method, "training_params", None)
     names = [p.name for p in method.params] if names is None else names
     return {"method": method.name, "params": {n: params.get(n) for n in names}}
+
+
+def training_record(method: Method, genome, params: dict, *, protocol=None,
+                    steps_per_epoch: int | None = None) -> dict | None:
+    """What the method's training phase used and how its defaults were derived (slimming: the effective s),
+    for the genome's provenance; None for a method that does not say."""
+    if not callable(getattr(method, "training_record", None)):
+        return None
+    return method.training_record(genome, **_schedule(protocol, steps_per_epoch), **params)
 
 
 def large_key(genome, dataset: str, protocol, reg: dict | None, seed: int) -> tuple[str, dict]:
@@ -151,7 +167,9 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     from ..store import default_root
     from ..train import train_model
 
-    reg = regularizer(method, genome, params)
+    schedule = {"protocol": protocol, "steps_per_epoch": data.steps_per_epoch(protocol.batch_size)}
+    reg = regularizer(method, genome, params, **schedule)
+    used = training_record(method, genome, params, **schedule) if reg is not None else None
     key, key_dict = large_key(genome, dataset, protocol, reg, seed)
     folder = Path(store_root) if store_root is not None else default_root()
     folder = folder / "large"
@@ -161,15 +179,18 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     model = build(genome)
     callbacks = []
     if reg is not None:  # callbacks may add parameters (SSS block scales): attach before loading weights
-        callbacks = method.training_callbacks(model, genome=genome, protocol=protocol, **params)
+        callbacks = method.training_callbacks(model, genome=genome, **schedule, **params)
+    extra = {"training": used} if used is not None else {}
     if pt.exists() and meta.exists():
         record = json.loads(meta.read_text())
         model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
         log(f"reusing the trained large model {pt} (test top-1 {_pct(record.get('test_top1'))}, "
             f"{record.get('epochs')} epochs, trained {record.get('finished_at', '?')})")
-        return model.cpu().eval(), {"key": key, "path": str(pt), "reused": True, **_summary(record)}
+        return model.cpu().eval(), {"key": key, "path": str(pt), "reused": True, **_summary(record), **extra}
     log(f"training the large model {genome.name or genome.model} on {dataset} for {protocol.epochs} epochs"
         + (f" with {method.name}'s regularizer" if reg else "") + f" (cache key {key})")
+    if used is not None and used.get("text"):
+        log(f"{method.name}: {used['text']}")
     history = train_model(model, data, protocol, seed=seed, device=device, callbacks=callbacks,
                           progress=progress, desc=f"{genome.name or genome.model}")
     if history.failed:
@@ -192,7 +213,7 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
     log(f"trained in {history.wall_time_s:.0f}s: test top-1 {_pct(summ['final_top1'])}; cached as {pt}")
-    return model.cpu().eval(), {"key": key, "path": str(pt), "reused": False, **_summary(record)}
+    return model.cpu().eval(), {"key": key, "path": str(pt), "reused": False, **_summary(record), **extra}
 
 
 def _summary(record: dict) -> dict:
@@ -221,12 +242,13 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
              seed: int = 0, width: float | None = None, epochs: int | None = None, input_size: int | None = None,
              params: dict[str, Any] | None = None, device: str = "cpu", data_dir=None, download: bool = False,
              out_dir: str | os.PathLike | None = None, store_root: str | os.PathLike | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> Discovered:
+             progress: bool = True, log: Callable[[str], None] = print, data=None) -> Discovered:
     """Train (or reuse) the large model, prune it with ``method``, write genome + inherited weights (+ masks).
 
     ``params`` are the method's own parameters (``prune-nas methods`` lists them); ``ratio`` is a shortcut for
     ``params["ratio"]``. Every check a user can fail (unknown method, model or dataset, a ratio outside (0, 1),
-    a method that does not apply to the family, a bad method parameter) runs before any training.
+    a method that does not apply to the family, a bad method parameter) runs before any training. ``data``:
+    the dataset already loaded at the model's input size (else it is loaded when the method trains).
 
     >>> d = discover("uniform", dataset="synthetic", ratio=0.5, out_dir=__import__("tempfile").mkdtemp(),
     ...              log=lambda s: None)
@@ -262,10 +284,11 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     m.check(base, **full)
     protocol = protocol_for(dataset, epochs)
 
-    data, large_model, large = None, None, None
+    large_model, large = None, None
     if m.needs_training:
-        data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
-                            in_channels=base.in_channels)
+        if data is None:
+            data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
+                                in_channels=base.in_channels)
         large_model, large = trained_large_model(m, base, dataset, data, protocol, full, seed=seed, device=device,
                                                  store_root=store_root, progress=progress, log=log)
     kwargs = {"seed": seed, **full}
@@ -292,6 +315,10 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     if large is not None:
         provenance["pruned_from"]["large_model"] = {"key": large["key"], "test_top1": large["test_top1"],
                                                "epochs": large["epochs"], "device": str(device)}
+        if large.get("training"):  # e.g. slimming's effective s and how it was derived
+            provenance["pruned_from"]["large_model"]["training"] = large["training"]
+            if large["training"].get("text"):
+                provenance["notes"] = [f"{m.name}: {large['training']['text']}", *result.notes]
     genome = result.genome.replace(name=name, provenance=provenance, source_dir=out)
     masks_path = weights_path = None
     if result.masks is not None:
@@ -302,5 +329,5 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
         weights_path = out / f"{name}.pt"
         genome = attach_weights(genome, result.state_dict, weights_path)
     path = save_genome(genome, out / f"{name}.json")
-    return Discovered(genome, path, base, weights_path, masks_path, list(result.notes), large,
+    return Discovered(genome, path, base, weights_path, masks_path, list(provenance["notes"]), large,
                       round(time.perf_counter() - start, 2))
