@@ -46,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--ratio", type=float, help="fraction pruned (the method's default otherwise)")
     p.add_argument("--seeds", type=int, help="seeds per row (default 3 on digits, 5 otherwise)")
     p.add_argument("--width", type=float, help="width multiplier of the large model (default 0.25 on digits)")
-    p.add_argument("--epochs", type=int, help="base epochs: the large model's and Scratch-E's (default 5 on "
+    p.add_argument("--epochs", type=int, help="base epochs: the large model's and Scratch-E's (default 10 on "
                                               "digits, 160 CIFAR)")
     p.add_argument("--finetune-epochs", type=int,
                    help="fine-tune epochs (default: 5 on digits, else a quarter of --epochs: 40 of 160 as "
