@@ -141,3 +141,17 @@ def test_methods_command(capsys):
     data = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert data["slimming"]["target"] == "automatic"
     assert {p["name"]: p["default"] for p in data["slimming"]["params"]} == {"ratio": 0.5, "s": None}
+
+
+def test_discover_and_evaluate_take_the_same_method_options():
+    from prune_nas.cli import build_parser
+    from prune_nas.cli.discover import method_args
+
+    opts = ["--config", "B", "--skip", "16,20", "--s", "0.003", "--sparsity", "--like", "vgg16-a",
+            "--param", "samples=200", "--param", "ridge=1e-3"]
+    want = {"config": "B", "skip": (16, 20), "s": 0.003, "sparsity": True, "like": "vgg16-a", "samples": 200,
+            "ridge": 1e-3}
+    parser = build_parser()
+    assert method_args(parser.parse_args(["discover", "--method", "l1-norm", *opts])) == want
+    assert method_args(parser.parse_args(["evaluate", "--method", "l1-norm", *opts])) == want
+    assert method_args(parser.parse_args(["evaluate"])) == {}

@@ -41,16 +41,7 @@ def register(sub) -> None:
                                               "ImageNet)")
     p.add_argument("--input-size", type=int, help="input side in pixels (default: 16 on digits, else the "
                                                   "model's)")
-    m = p.add_argument_group("method parameters (see `prune-nas methods`)")
-    m.add_argument("--config", help="l1-norm / thinet / regression: a named config (l1-norm: A, B)")
-    m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned, e.g. 16,20,38,54")
-    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
-                                           "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
-                                           "schedules; given: used as is)")
-    m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer, not channels")
-    m.add_argument("--like", help="random: the widths of this genome; uniform: match its params")
-    m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other method parameter, e.g. --param samples=2000 (repeatable)")
+    add_method_args(p)
     r = p.add_argument_group("where and how")
     r.add_argument("--out", help="output folder (default artifacts/genomes/discovered)")
     r.add_argument("--store", help="where trained large models are cached (default $PRUNE_NAS_HOME/store or "
@@ -68,6 +59,20 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_methods)
 
 
+def add_method_args(parser) -> None:
+    """The method-parameter options (``discover``, ``evaluate``); :func:`method_args` reads them back."""
+    m = parser.add_argument_group("method parameters (see `prune-nas methods`)")
+    m.add_argument("--config", help="l1-norm / thinet / regression: a named config (l1-norm: A, B)")
+    m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned, e.g. 16,20,38,54")
+    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
+                                           "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
+                                           "schedules; given: used as is)")
+    m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer, not channels")
+    m.add_argument("--like", help="random: the widths of this genome; uniform: match its params")
+    m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other method parameter, e.g. --param samples=2000 (repeatable)")
+
+
 def _value(text: str):
     """A --param value: JSON when it parses (numbers, true/false, lists), else the string."""
     try:
@@ -77,6 +82,7 @@ def _value(text: str):
 
 
 def method_args(args) -> dict:
+    """The method parameters the options of :func:`add_method_args` give (unset ones left out)."""
     out = {}
     if args.config is not None:
         out["config"] = args.config

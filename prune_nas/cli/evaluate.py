@@ -11,6 +11,7 @@ import sys
 
 from ..errors import UserError
 from ._format import human, table
+from .discover import add_method_args, method_args
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -52,13 +53,7 @@ def register(sub) -> None:
                    help="fine-tune epochs (default: 5 on digits, else a quarter of --epochs: 40 of 160 as "
                         "in the paper)")
     p.add_argument("--input-size", type=int, help="input size (default: 16 on digits, the model's otherwise)")
-    m = p.add_argument_group("method parameters (see `prune-nas methods`)")
-    m.add_argument("--config", help="l1-norm / thinet / regression: a named config")
-    m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned")
-    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales")
-    m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer")
-    m.add_argument("--like", help="random / uniform: widths or params of this genome")
-    m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any method parameter")
+    add_method_args(p)
     _where(p)
     p.add_argument("--genome-dir", help="where the discovered genome is read and written (default "
                                         "artifacts/runs/evaluate/genomes)")
@@ -140,7 +135,6 @@ def _log(args):
 
 def cmd_evaluate(args) -> int:
     from ..evaluate import command_line, evaluate
-    from .discover import method_args
 
     device = _setup(args, args.dataset)
     # Progress goes to stderr so that stdout is the table alone (`prune-nas evaluate > table.md`).
