@@ -27,8 +27,8 @@ class DenseNet(Family):
     name = "densenet"
 
     def _plan(self, spec):
-        """Yield ('layer'|'trans', prefix, stage) in order, with the base widths alongside."""
-        n, g = _n_layers(spec), spec.config["growth"]
+        """Yield ('layer'|'trans', prefix, stage) in order."""
+        n = _n_layers(spec)
         for d in (1, 2, 3):
             for i in range(n):
                 yield "layer", f"dense{d}.layer{i}", d
