@@ -1,7 +1,6 @@
 """The fast engine on CPU: its SGD is torch's SGD, its device-side augmentation has the right statistics,
 and a step through it equals an eager step."""
 
-
 import pytest
 import torch
 from torch.nn import functional as F
