@@ -539,7 +539,10 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     comp = Comparison(title, rows, tests, meta, notes)
     if write:
-        name = f"{Path(str(genome_path)).stem.removesuffix('-s0')}-n{seeds}"
+        parts = Path(str(genome_path)).stem.split("-")  # discover's run name, less its seed (always 0 here)
+        if "s0" in parts:
+            del parts[len(parts) - 1 - parts[::-1].index("s0")]
+        name = f"{'-'.join(parts)}-n{seeds}"
         folder = Path(out_dir) if out_dir is not None else default_out_root() / name
         comp.meta["written_to"] = str(folder)
         comp.write(folder)

@@ -42,9 +42,9 @@ FORMAT = "prune-nas.pattern"
 VERSION = 1
 # Classes per dataset name (the names of ``prune_nas.data``; a test keeps the two lists equal).
 NUM_CLASSES = {"digits": 10, "synthetic": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
-# Discovered genome files are named <model>-<dataset>-<method>-r<ratio>-s<seed>.json
+# Discovered genome files are named <model>-<dataset>-<method>-r<ratio>-s<seed>[-<settings>].json
 _DISCOVERED = re.compile(r"^(?P<model>.+?)-(?P<dataset>" + "|".join(NUM_CLASSES) +
-                         r")-(?P<method>.+)-r(?P<ratio>[0-9.]+)-s(?P<seed>\d+)$")
+                         r")-(?P<method>.+)-r(?P<ratio>[0-9.]+)-s(?P<seed>\d+)(?:-.+)?$")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 
 def run_info(genome: Genome, path: str | Path) -> dict:
     """Dataset, method, ratio and seed of a pruning run: from the genome's provenance, else from the
-    discovered-genome file name ``<model>-<dataset>-<method>-r<ratio>-s<seed>.json``."""
+    discovered-genome file name ``<model>-<dataset>-<method>-r<ratio>-s<seed>[-<settings>].json``."""
     prov = genome.provenance
     m = _DISCOVERED.match(Path(path).name.removesuffix(".json"))
     named = m.groupdict() if m else {}

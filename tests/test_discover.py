@@ -100,6 +100,36 @@ def test_run_names():
         "vgg11-x0.25-digits-uniform-sparse-r0.5-s0"
 
 
+def test_run_names_tell_settings_apart():
+    """What else differs from the defaults follows the documented prefix, so other settings never overwrite
+    each other's files and `<model>-<dataset>-<method>-*` globs still find every run."""
+    def name(**kw):
+        params = {"ratio": 0.7, **kw.pop("params", {})}
+        return run_name("vgg19", 1.0, "cifar10", "slimming", params, 0, **kw)
+
+    assert name(epochs=160, input_size=32) == "vgg19-cifar10-slimming-r0.7-s0"  # the defaults: the short name
+    assert name(epochs=40) == "vgg19-cifar10-slimming-r0.7-s0-40ep"
+    assert name(input_size=24) == "vgg19-cifar10-slimming-r0.7-s0-24px"
+    assert name(epochs=40, input_size=24, params={"s": 1e-3}) == "vgg19-cifar10-slimming-r0.7-s0-40ep-24px-s=0.001"
+    assert name(params={"s": None}) == "vgg19-cifar10-slimming-r0.7-s0"
+    assert run_name("vgg19", 1.0, "cifar10", "slimming", {"ratio": 0.7}, None, epochs=40) == \
+        "vgg19-cifar10-slimming-r0.7-40ep"  # seed None: no seed part (evaluate's table folders)
+    # digits defaults: 20 epochs, 16 px; methods that train nothing leave epochs out
+    assert run_name("vgg11", 0.25, "digits", "slimming", {"ratio": 0.5}, 2, epochs=20, input_size=16) == \
+        "vgg11-x0.25-digits-slimming-r0.5-s2"
+    assert run_name("vgg11", 0.25, "digits", "uniform", {"ratio": 0.5}, 0, epochs=5, input_size=24) == \
+        "vgg11-x0.25-digits-uniform-r0.5-s0-24px"
+    # parameters the tag does not show, when not at their defaults; a seed parameter only when not the run's
+    assert run_name("resnet56", 1.0, "cifar10", "l1-norm", {"ratio": 0.3, "skip": [16, 20]}, 1) == \
+        "resnet56-cifar10-l1-norm-r0.3-s1-skip=16,20"
+    assert run_name("resnet56", 1.0, "cifar10", "l1-norm", {"ratio": 0.3, "skip": ()}, 1) == \
+        "resnet56-cifar10-l1-norm-r0.3-s1"
+    thinet = {"ratio": 0.3, "samples": 1000, "images": 64, "ridge": 1e-3}
+    assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "seed": 1}, 1) == "vgg16-cifar10-thinet-r0.3-s1"
+    assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "samples": 200, "seed": 3}, 1) == \
+        "vgg16-cifar10-thinet-r0.3-s1-samples=200-seed=3"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["discover", "--method", "slimmming"], "unknown method 'slimmming'"),
     (["discover", "--method", "slimming", "--model", "vgg17"], "unknown model 'vgg17'"),

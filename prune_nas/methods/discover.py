@@ -10,8 +10,9 @@ bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in 
     <name>.pt           inherited weights for the fine-tune baseline (provenance["weights"]: file + sha256)
     <name>.masks.npz    exact masks (non-structured methods; sparsity.mask: file + sha256)
 
-with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>`` and ``tag`` ``r<ratio>``,
-``c<config>`` or ``like-<genome>``. When the large model is narrower than the named base model
+with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<settings>]``, ``tag``
+``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` the method parameters the tag does not show,
+where they differ from their defaults (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model is narrower than the named base model
 (``width != 1``) its genome is written too (``<model>-x<width>-<dataset>.json``) and recorded as the
 ``reference`` that reductions and Scratch-B budgets are measured against.
 
@@ -224,7 +225,27 @@ def _pct(x) -> str:
     return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "?"
 
 
-def run_name(model: str, width: float, dataset: str, method: str, params: dict, seed: int) -> str:
+# Parameters the tag of a run's name already shows.
+_TAGGED = ("ratio", "config", "like", "sparsity")
+
+
+def run_name(model: str, width: float, dataset: str, method: str, params: dict, seed: int | None, *,
+             epochs: int | None = None, input_size: int | None = None) -> str:
+    """A discovered genome's file name (no suffix):
+    ``<model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<E>ep][-<N>px][-<param>=<value>...]``.
+
+    The documented prefix (``vgg16-cifar10-slimming-r0.4-s0``; ``seed=None`` leaves ``-s<seed>`` out) is
+    followed by what else tells runs apart, each only where it differs from the default, so that default runs
+    keep the short name: ``epochs`` of the large model's training (against the dataset's default schedule:
+    digits 20, CIFAR 160, ImageNet 90; not for methods that train nothing), ``input_size`` (against the
+    model's default on the dataset), and the method's parameters the tag does not show (a ``seed`` parameter
+    only when it is not the run's seed).
+
+    >>> run_name("vgg11", 0.25, "digits", "slimming", {"ratio": 0.5, "s": 1e-3}, 0, epochs=10, input_size=16)
+    'vgg11-x0.25-digits-slimming-r0.5-s0-10ep-s=0.001'
+    """
+    from ..arch import get_spec
+
     parts = [model] + ([f"x{width:g}"] if width != 1 else []) + [dataset, method]
     if params.get("sparsity"):
         parts.append("sparse")
@@ -234,8 +255,31 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
         parts.append(f"like-{Path(str(params['like'])).stem}")
     elif params.get("ratio") is not None:
         parts.append(f"r{params['ratio']:g}")
-    parts.append(f"s{seed}")
+    if seed is not None:
+        parts.append(f"s{seed}")
+    m = get_method(method)
+    if epochs is not None and m.needs_training and epochs != protocol_for(dataset).epochs:
+        parts.append(f"{epochs}ep")
+    if input_size is not None and input_size != default_input_size(get_spec(model), dataset):
+        parts.append(f"{input_size}px")
+    for p in m.params:
+        v = params.get(p.name)
+        if p.name in _TAGGED or v is None or v is False or _plain(v) in ((), _plain(p.default)):
+            continue
+        if p.name == "seed" and v == seed:
+            continue
+        parts.append(p.name if v is True else f"{p.name}={_name_value(v)}")
     return "-".join(parts)
+
+
+def _plain(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _name_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(_name_value(x) for x in v)
+    return (f"{v:g}" if isinstance(v, float) else str(v)).replace("/", "_").replace(" ", "_")
 
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,
