@@ -12,9 +12,10 @@ bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in 
 
 with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<settings>]``, ``tag``
 ``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` the method parameters the tag does not show,
-where they differ from their defaults (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model is narrower than the named base model
-(``width != 1``) its genome is written too (``<model>-x<width>-<dataset>.json``) and recorded as the
-``reference`` that reductions and Scratch-B budgets are measured against.
+where they differ from their defaults (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large
+model is narrower than the named base model (``width != 1``) its genome is written too
+(``<model>-x<width>-<dataset>.json``) and recorded as the ``reference`` that reductions and Scratch-B budgets
+are measured against.
 
 The trained large model is cached under ``<store root>/large/<key>.pt`` (store root: ``$PRUNE_NAS_HOME/store``
 or ``artifacts/store``), keyed by the canonical hash of (large genome, dataset, effective protocol, the

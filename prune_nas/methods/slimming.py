@@ -111,11 +111,13 @@ def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epo
         return {"s": paper, "rule": "paper", "text": f"s = {paper:g}, the paper's for {family}"}
     ours, ref = lr_sum(protocol, steps_per_epoch), paper_lr_sum()
     value = float(f"{paper * (ref / ours) ** S_EXPONENT:.4g}")
-    text = (f"s = {value:.4g}: the paper's {paper:g} for {family} (its CIFAR schedule: {PAPER_EPOCHS} epochs x "
-            f"{PAPER_STEPS_PER_EPOCH} steps, sum of lr {ref:.6g}) x ({ref:.6g} / {ours:.4g}) ** {S_EXPONENT:g} "
-            f"for this schedule's {protocol.epochs} epochs x {steps_per_epoch} steps (sum of lr {ours:.4g})")
-    return {"s": value, "rule": "schedule", "paper_s": paper, "lr_sum": round(ours, 6), "paper_lr_sum": round(ref, 6),
-            "exponent": S_EXPONENT, "epochs": protocol.epochs, "steps_per_epoch": int(steps_per_epoch), "text": text}
+    text = (f"s = {value:.4g}: the paper's {paper:g} for {family} (its CIFAR schedule: {PAPER_EPOCHS} "
+            f"epochs x {PAPER_STEPS_PER_EPOCH} steps, sum of lr {ref:.6g}) x ({ref:.6g} / {ours:.4g}) ** "
+            f"{S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x {steps_per_epoch} steps (sum of lr "
+            f"{ours:.4g})")
+    return {"s": value, "rule": "schedule", "paper_s": paper, "lr_sum": round(ours, 6),
+            "paper_lr_sum": round(ref, 6), "exponent": S_EXPONENT, "epochs": protocol.epochs,
+            "steps_per_epoch": int(steps_per_epoch), "text": text}
 
 
 def prunable_bns(genome) -> dict[str, list[str]]:
