@@ -162,6 +162,7 @@ def test_shorter_schedules_scale_s_by_the_lr_sum(epochs):
     assert got["s"] == pytest.approx(1e-4 * ratio ** S_EXPONENT, rel=1e-3)
     assert got["s"] > 1e-4 and got["lr_sum"] == pytest.approx(23 * sum(proto.lr_at(e) for e in range(epochs)))
     assert f"{epochs} epochs x 23 steps" in got["text"] and got["paper_s"] == 1e-4
+    assert ("the large model may collapse" in got["text"]) == (epochs < 10)
     # given explicitly: used as given, whatever the schedule
     assert schedule_s("vgg", 3e-3, proto, 23) == {"s": 3e-3, "rule": "given", "text": "s = 0.003, as given"}
 

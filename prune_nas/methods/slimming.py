@@ -27,7 +27,7 @@ epochs sum(lr) S_EXPONENT = 1                             S_EXPONENT = 0.8
 With the paper's 1e-4 every |gamma| stays near 1 (10% quantile 0.94 at 5 epochs, 0.84 at 20) and the
 50%-pruned model is near chance (kept 24% at 5 epochs, 36% at 10; FT 34% and 72%). No s works at 5 epochs
 (0.02: no scale near zero, FT 80%; 0.025: the large model drops to 71%): Network Slimming needs about 10
-digits epochs or more. Without re-estimated BN statistics the inherited model is far worse (10% at 10
+digits epochs or more, and the derivation says so below a sum of lr of ``SHORTEST_LR_SUM``. Without re-estimated BN statistics the inherited model is far worse (10% at 10
 epochs, 66% at 20): a removed channel still fed its next layer the constant ``relu(beta)``, which that
 layer's running mean includes; fine-tuning (train-mode BN) absorbs it at once. For ResNet-20 on digits (20
 epochs) the rule gives s = 8.9e-4, which zeroes no scale (a 50% cut still fine-tunes to 99%); the VGG value
@@ -69,6 +69,7 @@ S_DEFAULT = {"vgg": 1e-4}  # the paper's s, for the paper's CIFAR schedule
 S_OTHER = 1e-5
 PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH = 160, 782  # CIFAR: 50,000 images in batches of 64, the last one partial
 S_EXPONENT = 0.8  # s grows as (paper's sum of lr / the schedule's) ** S_EXPONENT; see the module doc
+SHORTEST_LR_SUM = 12.0  # the shortest schedule the rule keeps the large model on: 10 digits epochs (sum 12.03)
 
 
 def default_s(family: str) -> float:
@@ -115,6 +116,9 @@ def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epo
             f"epochs x {PAPER_STEPS_PER_EPOCH} steps, sum of lr {ref:.6g}) x ({ref:.6g} / {ours:.4g}) ** "
             f"{S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x {steps_per_epoch} steps (sum of lr "
             f"{ours:.4g})")
+    if ours < SHORTEST_LR_SUM:
+        text += (f"; shorter than the shortest schedule this rule was checked to work on (sum of lr "
+                 f"{SHORTEST_LR_SUM:g}, 10 digits epochs): the large model may collapse")
     return {"s": value, "rule": "schedule", "paper_s": paper, "lr_sum": round(ours, 6),
             "paper_lr_sum": round(ref, 6), "exponent": S_EXPONENT, "epochs": protocol.epochs,
             "steps_per_epoch": int(steps_per_epoch), "text": text}
