@@ -380,10 +380,10 @@ def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size
     spec = get_spec(model)
     size = input_size or default_input_size(spec, dataset)
     base = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=size, width_mult=width)
-    # Its own folder by default: discover's file names do not say the large model's epochs, and evaluate's
-    # short schedule must neither read nor overwrite genomes pruned from a longer-trained model.
+    # Its own folder by default: evaluate's genomes stay apart from those of `prune-nas discover`.
     out = Path(genome_dir) if genome_dir is not None else default_out_root() / "genomes"
-    path = out / f"{run_name(model, width, dataset, m.name, full, 0)}.json"
+    protocol = protocol_for(dataset, epochs)
+    path = out / f"{run_name(model, width, dataset, m.name, full, 0, epochs=protocol.epochs, input_size=size)}.json"
     m.check(base, **full)  # the user's mistakes before loading data
     data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
                         in_channels=base.in_channels)
@@ -394,7 +394,6 @@ def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size
         shown = {k: v for k, v in full.items() if v is not None and v != () and v is not False}
         large = origin.get("large_model") or {}
         if m.needs_training:
-            protocol = protocol_for(dataset, epochs)
             reg = regularizer(m, base, full, protocol=protocol,
                               steps_per_epoch=data.steps_per_epoch(protocol.batch_size))
             same_large = large.get("key") == large_key(base, dataset, protocol, reg, 0)[0]

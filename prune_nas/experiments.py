@@ -667,7 +667,8 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     base = row.base_genome(model, dataset)
     protocol = replace(row, dataset=dataset).protocol()
     folder = ctx.out / "genomes"
-    name = run_name(model, row.width, dataset, m.name, full, seed)
+    name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
+                    input_size=base.input_size)
     path, side = folder / f"{name}.json", folder / f"{name}.run.json"
     key = _hash({"base": base.arch_dict(), "dataset": dataset, "protocol": protocol.to_dict(), "method": m.name,
                  "params": full, "seed": seed})

@@ -20,7 +20,7 @@ def test_slimming_end_to_end_and_cache_reuse(tmp_path):
     kw = {"dataset": "digits", "epochs": 1, "out_dir": tmp_path / "out", "store_root": tmp_path / "store",
               "progress": False, "log": logs.append}
     first = discover("slimming", ratio=0.5, **kw)
-    assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0.json"
+    assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0-1ep.json"  # 1 epoch, not digits' default 20
     g = load_genome(first.path)  # validates
     prov = g.provenance
     assert prov["method"] == "slimming" and prov["dataset"] == "digits" and prov["seed"] == 0
@@ -128,6 +128,15 @@ def test_run_names_tell_settings_apart():
     assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "seed": 1}, 1) == "vgg16-cifar10-thinet-r0.3-s1"
     assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "samples": 200, "seed": 3}, 1) == \
         "vgg16-cifar10-thinet-r0.3-s1-samples=200-seed=3"
+
+
+def test_other_epochs_write_another_file(tmp_path):
+    kw = {"dataset": "digits", "out_dir": tmp_path / "out", "store_root": tmp_path / "store", **QUIET}
+    one = discover("slimming", ratio=0.5, width=0.125, epochs=1, **kw)
+    two = discover("slimming", ratio=0.5, width=0.125, epochs=2, **kw)
+    assert (one.path.name, two.path.name) == ("vgg11-x0.125-digits-slimming-r0.5-s0-1ep.json",
+                                              "vgg11-x0.125-digits-slimming-r0.5-s0-2ep.json")
+    assert load_genome(one.path).provenance["pruned_from"]["large_model"]["epochs"] == 1  # not overwritten
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,11 +11,11 @@ bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in 
     <name>.masks.npz    exact masks (non-structured methods; sparsity.mask: file + sha256)
 
 with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<settings>]``, ``tag``
-``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` the method parameters the tag does not show,
-where they differ from their defaults (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large
-model is narrower than the named base model (``width != 1``) its genome is written too
-(``<model>-x<width>-<dataset>.json``) and recorded as the ``reference`` that reductions and Scratch-B budgets
-are measured against.
+``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` what differs from the defaults: the large
+model's epochs (``-10ep``), the input size (``-24px``), the method parameters the tag does not show
+(``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model is narrower than the named base
+model (``width != 1``) its genome is written too (``<model>-x<width>-<dataset>.json``) and recorded as the
+``reference`` that reductions and Scratch-B budgets are measured against.
 
 The trained large model is cached under ``<store root>/large/<key>.pt`` (store root: ``$PRUNE_NAS_HOME/store``
 or ``artifacts/store``), keyed by the canonical hash of (large genome, dataset, effective protocol, the
@@ -341,7 +341,7 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
 
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    name = run_name(model, width, dataset, m.name, full, seed)
+    name = run_name(model, width, dataset, m.name, full, seed, epochs=protocol.epochs, input_size=size)
     reference = model
     if width != 1:
         ref_name = f"{model}-x{width:g}-{dataset}"
