@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ._base import Method, Param, PruneResult, check_ratio
+from ._base import Method, Param, PruneResult, check_ratio, kept_width
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,7 @@ def target_widths(method: str, genome, ratio: float | None, config: str | None,
         return _config_widths(method, genome, config, aliases, prunable, notes), notes
     ratio = 0.5 if ratio is None else float(ratio)
     check_ratio(ratio)
-    keep = {}
-    for g in prunable:
-        w = genome.widths[g]
-        k = int(w * (1 - ratio))
-        if k < 1:
-            k = 1
-            notes.append(f"{g}: kept 1 of {w} channels (ratio {ratio:g} would empty the layer)")
-        keep[g] = k
-    return keep, notes
+    return {g: kept_width(g, genome.widths[g], ratio, notes) for g in prunable}, notes
 
 
 def _config_widths(method, genome, config, aliases, prunable, notes: list[str]) -> dict[str, int]:

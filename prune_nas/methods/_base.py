@@ -83,4 +83,14 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
     return ratio
 
 
+def kept_width(group: str, width: int, ratio: float, notes: list[str]) -> int:
+    """``int(width * (1 - ratio))``, the width a layer keeps when ``ratio`` of it is removed; never below one
+    channel, with a note saying so when the floor applies."""
+    k = int(width * (1 - ratio))
+    if k < 1:
+        notes.append(f"{group}: kept 1 of {width} channels (ratio {ratio:g} would empty the layer)")
+        return 1
+    return k
+
+
 KeepFn = Callable[[int], int]

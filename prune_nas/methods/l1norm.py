@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UserError
-from ._base import Method, Param, PruneResult, check_ratio, register
+from ._base import Method, Param, PruneResult, check_ratio, kept_width, register
 from .surgery import keep_largest, producers, shrink, state_of
 
 
@@ -91,12 +91,7 @@ def target_widths(genome, ratio: float | None = None, config: str | None = None,
         r = ratios[genome.groups.stage(g) - 1] if ratios is not None else ratio
         if r <= 0:
             continue
-        w = genome.widths[g]
-        k = int(w * (1 - r))
-        if k < 1:
-            k = 1
-            notes.append(f"{g}: kept 1 of {w} channels (ratio {r:g} would empty the layer)")
-        out[g] = k
+        out[g] = kept_width(g, genome.widths[g], r, notes)
     return out, notes
 
 
