@@ -12,8 +12,8 @@ import platform
 import random
 import time
 
-from prune_nas.cost import count
-from prune_nas.genome import random_genome
+from prune_nas.core.cost import count
+from prune_nas.core.genome import random_genome
 
 
 def cpu_name() -> str:

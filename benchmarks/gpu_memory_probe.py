@@ -11,10 +11,10 @@ import weakref
 import torch
 
 from prune_nas import build
-from prune_nas.data import load_dataset
-from prune_nas.engine import EngineOptions
-from prune_nas.genome import base_genome
-from prune_nas.train import Protocol, train_model
+from prune_nas.training.data import load_dataset
+from prune_nas.training.engine import EngineOptions
+from prune_nas.core.genome import base_genome
+from prune_nas.training.train import Protocol, train_model
 
 
 def probe(engine, n=3):

@@ -6,7 +6,7 @@ ratio to the plain loop.
 
 * plain: a DataLoader with worker processes doing per-image crop + flip on the CPU, fp32, eager,
   ``torch.optim.SGD`` -- how a training script is usually written.
-* engine: ``prune_nas.engine`` -- data on the device, epoch-level batched augmentation, bf16 autocast,
+* engine: ``prune_nas.training.engine`` -- data on the device, epoch-level batched augmentation, bf16 autocast,
   channels_last, the whole step as one CUDA graph (on CPU: fp32, no graph).
 * concurrent: N engine processes on the same device at once (MPS daemon started when possible; whether it
   ran is reported), total images/s over the window in which all of them were running.
@@ -32,7 +32,7 @@ BATCH = 64
 
 
 def synthetic_cifar(n: int, num_classes: int = 10):
-    from prune_nas.data import CIFAR_MEAN, CIFAR_STD, TensorDataset
+    from prune_nas.training.data import CIFAR_MEAN, CIFAR_STD, TensorDataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -41,8 +41,8 @@ def synthetic_cifar(n: int, num_classes: int = 10):
 
 
 def model_for(name: str):
-    from prune_nas.builder import build
-    from prune_nas.library import resolve_genome
+    from prune_nas.core.builder import build
+    from prune_nas.core.library import resolve_genome
 
     return build(resolve_genome(name))
 
@@ -90,8 +90,8 @@ def plain_loop(name: str, data, device: torch.device, steps: int, warmup: int, w
 
 
 def engine_loop(name: str, data, device: torch.device, steps: int, warmup: int, barrier=None) -> float:
-    from prune_nas.engine import EngineOptions, FastStep, device_epoch
-    from prune_nas.train import Protocol
+    from prune_nas.training.engine import EngineOptions, FastStep, device_epoch
+    from prune_nas.training.train import Protocol
 
     opts = EngineOptions("fast").resolved(device)
     model = model_for(name).to(device).train()
@@ -161,7 +161,7 @@ def main() -> None:
     out = {"benchmark": "train_throughput", "batch_size": BATCH, "device": _device_name(device),
            "torch": torch.__version__, "steps_timed": steps, "results": {}}
     if cuda and not args.no_concurrent:
-        from prune_nas.parallel import start_mps
+        from prune_nas.training.parallel import start_mps
 
         out["mps"] = start_mps()
     for name in args.models.split(","):
@@ -180,7 +180,7 @@ def main() -> None:
 
 
 def _device_name(device: torch.device) -> str:
-    from prune_nas.train import _device_name as name
+    from prune_nas.training.train import _device_name as name
 
     return name(device)
 

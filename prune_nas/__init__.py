@@ -7,21 +7,20 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import GenomeError, UserError
-from .genome import Genome, base_genome, load_genome, save_genome
+from prune_nas.core.errors import GenomeError, UserError
+from prune_nas.core.genome import Genome, base_genome, load_genome, save_genome
+from prune_nas.core.version import __version__
 
 
 def build(genome, masks: bool = True):
     """Build an ``nn.Module`` from a genome (imports torch on first use)."""
-    from .builder import build as _build
+    from prune_nas.core.builder import build as _build
 
     return _build(genome, masks=masks)
 
 
 def library_genome(name: str) -> Genome:
-    from .library import get
+    from prune_nas.core.library import get
 
     return get(name)
 

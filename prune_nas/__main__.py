@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from prune_nas.cli import main
 
 sys.exit(main())

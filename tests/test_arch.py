@@ -7,9 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from prune_nas import build
-from prune_nas.arch import MODELS, list_models
-from prune_nas.cost import count
-from prune_nas.genome import base_genome, random_genome
+from prune_nas.core.arch import MODELS, list_models
+from prune_nas.core.cost import count
+from prune_nas.core.genome import base_genome, random_genome
 
 # Unpruned parameter counts at the models' own class counts (10 on CIFAR, 1000 on ImageNet), cross-checked
 # with published figures: ResNet-56 0.85M, ResNet-110 1.7M, VGG-19 20.04M, PreResNet-164 1.70M,
@@ -83,7 +83,7 @@ def test_registry_covers_the_required_families():
 
 
 def test_conv_module_paths_equal_op_names():
-    from prune_nas.cost import ops_of
+    from prune_nas.core.cost import ops_of
 
     for model in ("vgg16", "resnet56", "preresnet110", "densenet-bc100", "resnet50"):
         g = base_genome(model, width_mult=0.25)
@@ -93,7 +93,7 @@ def test_conv_module_paths_equal_op_names():
 
 
 def test_density_genome_counts_kept_weights_only():
-    from prune_nas.genome import Sparsity
+    from prune_nas.core.genome import Sparsity
 
     g = base_genome("vgg16")
     dense = count(g)
@@ -104,13 +104,13 @@ def test_density_genome_counts_kept_weights_only():
 
 
 def test_density_only_genomes_build_with_exactly_the_counted_weights():
-    from prune_nas.genome import Sparsity
+    from prune_nas.core.genome import Sparsity
 
     g = base_genome("vgg11", width_mult=0.125, input_size=16)
     keep = {"features.conv3": [[0.2, 0.9, 0.2], [0.9, 1.0, 0.9], [0.2, 0.9, 0.2]]}
     sparse = g.replace(sparsity=Sparsity(density={"features.conv3": 0.3, "features.conv5": 0.55},
                                          kernel_keep={"3": keep["features.conv3"]}, seed=4))
-    from prune_nas.cost import kept_weights
+    from prune_nas.core.cost import kept_weights
 
     model = build(sparse)
     for name, kept in kept_weights(sparse).items():

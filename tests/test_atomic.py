@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from prune_nas.atomic import atomic_write
-from prune_nas.genome import atomic_write_text
+from prune_nas.core.atomic import atomic_write
+from prune_nas.core.genome import atomic_write_text
 
 
 def test_written_files_are_readable_by_others_like_open_would(tmp_path):

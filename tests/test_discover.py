@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from prune_nas.cli import main
-from prune_nas.genome import load_genome
+from prune_nas.core.genome import load_genome
 from prune_nas.methods import get_method
-from prune_nas.methods.discover import discover, large_key, protocol_for, regularizer, run_name
+from prune_nas.design.discover import discover, large_key, protocol_for, regularizer, run_name
 
 QUIET = {"progress": False, "log": lambda s: None}
 
 
 def test_slimming_end_to_end_and_cache_reuse(tmp_path):
-    from prune_nas.train import RunSpec, init_model
+    from prune_nas.training.train import RunSpec, init_model
 
     logs = []
     kw = {"dataset": "digits", "epochs": 1, "out_dir": tmp_path / "out", "store_root": tmp_path / "store",
@@ -50,7 +50,7 @@ def test_magnitude_writes_the_exact_mask_file(tmp_path):
                  store_root=tmp_path / "s", **QUIET)
     g = load_genome(d.path)  # checks the mask file's hash and shapes
     assert d.masks.exists() and g.sparsity.mask.file == d.masks.name
-    from prune_nas.sparsity import load_masks
+    from prune_nas.core.masks import load_masks
 
     masks = load_masks(g)
     total = sum(m.size for m in masks.values())

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from prune_nas.cli import main
-from prune_nas.cost import count
-from prune_nas.evaluate import (
+from prune_nas.core.cost import count
+from prune_nas.repro.evaluate import (
     BASELINE_ROW,
     ROWS,
     TEST_NAME,
@@ -24,7 +24,7 @@ from prune_nas.evaluate import (
     uniform_matched,
     welch,
 )
-from prune_nas.genome import base_genome
+from prune_nas.core.genome import base_genome
 from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
 
 
@@ -184,7 +184,7 @@ def test_second_evaluate_reuses_every_run(table):
 
 def test_a_genome_pruned_from_another_large_model_is_not_reused(table):
     """E.g. one pruned before slimming's default s followed the schedule: its large model's key differs."""
-    from prune_nas.evaluate import _discovered
+    from prune_nas.repro.evaluate import _discovered
 
     _, _, _, _, home = table
     kw = {k: v for k, v in TINY.items() if k not in ("seeds", "finetune_epochs")}

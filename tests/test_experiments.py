@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from prune_nas.cli import main
-from prune_nas.errors import UserError
-from prune_nas.experiments import (
+from prune_nas.core.errors import UserError
+from prune_nas.repro.experiments import (
     KINDS,
     SCALES,
     load_manifest,
@@ -156,7 +156,7 @@ TINY = {"version": 1, "name": "tiny", "title": "tiny", "paper": "Table 4", "kind
 
 
 def test_interrupted_run_resumes_and_reuses_finished_runs(tmp_path, monkeypatch):
-    from prune_nas import train
+    from prune_nas.training import train
 
     spec = parse_spec(json.loads(json.dumps(TINY)), tmp_path / "tiny.yaml")
     real, calls = train.run, []
@@ -214,7 +214,7 @@ def test_table4_smoke_end_to_end(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if n != END_TO_END])
 def test_spec_runs_at_smoke_scale(name, tmp_path):
-    from prune_nas.report import render
+    from prune_nas.repro.report import render
 
     spec = load_spec(ROOT / "experiments" / f"{name}.yaml")
     path = run_experiment(spec, "smoke", progress=False, log=lambda s: None)

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prune_nas.errors import GenomeError, UserError
-from prune_nas.genome import Genome, base_genome, load_genome, random_genome, save_genome
-from prune_nas.graph import width_groups
-from prune_nas.library import get
-from prune_nas.sparsity import save_masks
+from prune_nas.core.errors import GenomeError, UserError
+from prune_nas.core.genome import Genome, base_genome, load_genome, random_genome, save_genome
+from prune_nas.core.graph import width_groups
+from prune_nas.core.library import get
+from prune_nas.core.masks import save_masks
 
 
 def test_round_trip_through_json_and_file(tmp_path):
@@ -112,7 +112,7 @@ def test_missing_file_is_user_error(tmp_path):
 
 def _sparse_genome(tmp_path, shape_fix=None):
     g = base_genome("vgg11", width_mult=0.125)
-    from prune_nas.cost import ops_of
+    from prune_nas.core.cost import ops_of
 
     convs = [op for op in ops_of(g) if op.kind == "conv"]
     rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ def _sparse_genome(tmp_path, shape_fix=None):
 
 
 def test_mask_file_loads_and_counts(tmp_path):
-    from prune_nas.cost import count
+    from prune_nas.core.cost import count
 
     path, masks = _sparse_genome(tmp_path)
     g = load_genome(path)
@@ -175,9 +175,9 @@ def test_coupling_graph_groups_residual_adds():
 
 def test_imports_go_downward():
     """genome / graph / cost / library know nothing of training, methods or search (DESIGN.md)."""
-    code = ("import sys, prune_nas.genome, prune_nas.cost, prune_nas.library, prune_nas.graph;"
-            "print(sorted(m for m in sys.modules if m.startswith(('prune_nas.train', 'prune_nas.methods', "
-            "'prune_nas.search', 'prune_nas.store', 'optuna'))))")
+    code = ("import sys, prune_nas.core.genome, prune_nas.core.cost, prune_nas.core.library, prune_nas.core.graph;"
+            "print(sorted(m for m in sys.modules if m.startswith(('prune_nas.training.train', 'prune_nas.methods', "
+            "'prune_nas.search.studies', 'prune_nas.training.store', 'optuna'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from prune_nas.cost import count
-from prune_nas.library import LIBRARY_DIR, NAMED, library_genomes, reference_of, resolve_genome
-from prune_nas.errors import UserError
+from prune_nas.core.cost import count
+from prune_nas.core.library import LIBRARY_DIR, NAMED, library_genomes, reference_of, resolve_genome
+from prune_nas.core.errors import UserError
 
 
 @pytest.mark.parametrize("name", sorted(library_genomes()))
@@ -15,7 +15,7 @@ def test_library_files_match_definitions(name):
     on_disk["provenance"].pop("prune_nas_version", None)
     defined = library_genomes()[name].to_dict()
     defined["provenance"].pop("prune_nas_version", None)
-    assert on_disk == defined, "run `python -m prune_nas.library` to regenerate artifacts/genomes/"
+    assert on_disk == defined, "run `python -m prune_nas.core.library` to regenerate artifacts/genomes/"
 
 
 # Reported reductions are fractions removed, from the papers named in each entry's provenance. ThiNet counts

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.cost import count
-from prune_nas.errors import UserError
-from prune_nas.genome import Genome
-from prune_nas.library import get
+from prune_nas.core.cost import count
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Genome
+from prune_nas.core.library import get
 from prune_nas.methods import get_method
 from prune_nas.methods.baselines import (
     match_params,

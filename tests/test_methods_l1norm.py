@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.errors import UserError
-from prune_nas.genome import Genome
-from prune_nas.library import get
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Genome
+from prune_nas.core.library import get
 from prune_nas.methods import get_method
 from prune_nas.methods.l1norm import conv_ids, filter_l1, target_widths
 from prune_nas.methods.surgery import keep_largest

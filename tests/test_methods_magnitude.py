@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.cost import count, ops_of
+from prune_nas.core.cost import count, ops_of
 from prune_nas.methods import get_method
 from prune_nas.methods.magnitude import global_masks, kernel_keep
 
@@ -82,8 +82,8 @@ def test_genome_counts_only_kept_weights():
 def test_every_family_gives_a_valid_buildable_genome(model, kw, tmp_path):
     from dataclasses import replace
 
-    from prune_nas.genome import MaskRef, load_genome, save_genome
-    from prune_nas.sparsity import save_masks
+    from prune_nas.core.genome import MaskRef, load_genome, save_genome
+    from prune_nas.core.masks import save_masks
 
     g = base_genome(model, **kw)
     m = build(g)

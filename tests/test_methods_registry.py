@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.errors import UserError
-from prune_nas.genome import Genome
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Genome
 from prune_nas.methods import Method, get_method, list_methods
 
 TINY = {

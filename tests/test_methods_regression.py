@@ -7,9 +7,9 @@ import torch
 from test_methods_thinet import TINY, images, randomized, reconstruction_vs_random
 
 from prune_nas import base_genome, build
-from prune_nas.errors import UserError
-from prune_nas.genome import Genome
-from prune_nas.library import library_genomes
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Genome
+from prune_nas.core.library import library_genomes
 from prune_nas.methods._activations import LayerSample, links, prune_sequential, target_widths
 from prune_nas.methods._base import REGISTRY
 from prune_nas.methods.regression import CONFIGS, lasso_select, lstsq_refit, regression_select

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.genome import Genome
+from prune_nas.core.genome import Genome
 from prune_nas.methods import get_method
 from prune_nas.methods.slimming import (
     S_EXPONENT,
@@ -17,7 +17,7 @@ from prune_nas.methods.slimming import (
     prunable_bns,
     schedule_s,
 )
-from prune_nas.train import Protocol
+from prune_nas.training.train import Protocol
 
 
 def _set_gammas(genome, model, rng):
@@ -133,7 +133,7 @@ def test_every_family_gives_a_valid_buildable_genome(model, kw):
 
 
 def test_bad_ratio_is_a_user_error():
-    from prune_nas.errors import UserError
+    from prune_nas.core.errors import UserError
 
     g = base_genome("vgg11", width_mult=0.125, input_size=16)
     with pytest.raises(UserError, match=r"\(0, 1\)"):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.errors import UserError
-from prune_nas.genome import Genome
-from prune_nas.library import library_genomes
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Genome
+from prune_nas.core.library import library_genomes
 from prune_nas.methods._activations import layer_io, links, prune_sequential, sample_layer, target_widths
 from prune_nas.methods._base import REGISTRY
 from prune_nas.methods.surgery import shrink
@@ -192,7 +192,7 @@ def test_no_layer_is_emptied():
 
 
 def test_accepts_a_dataset():
-    from prune_nas.data import load_dataset
+    from prune_nas.training.data import load_dataset
 
     genome = base_genome("resnet20", width_mult=0.25, input_size=16)
     data = load_dataset("synthetic", input_size=16)
@@ -204,8 +204,8 @@ def test_accepts_a_dataset():
 def test_on_a_trained_model_the_pruned_weights_keep_most_of_the_accuracy():
     """VGG-11 at a quarter width trained on digits, half of every layer's channels removed, no fine-tuning:
     ThiNet's and regression's inherited weights keep far more accuracy than random channel choices."""
-    from prune_nas.data import load_dataset
-    from prune_nas.train import Protocol, evaluate_model, train_model
+    from prune_nas.training.data import load_dataset
+    from prune_nas.training.train import Protocol, evaluate_model, train_model
 
     genome = base_genome("vgg11", width_mult=0.25, input_size=16, in_channels=1)
     data = load_dataset("digits", input_size=16, in_channels=1)

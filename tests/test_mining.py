@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from prune_nas.cli import main
-from prune_nas.errors import UserError
-from prune_nas.genome import Sparsity, base_genome, conv_ops, save_genome
-from prune_nas.mining import (
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Sparsity, base_genome, conv_ops, save_genome
+from prune_nas.design.mining import (
     NUM_CLASSES,
     Pattern,
     expand_paths,
@@ -24,7 +24,7 @@ from prune_nas.mining import (
     run_info,
     save_pattern,
 )
-from prune_nas.transfer import write_genome
+from prune_nas.design.transfer import write_genome
 
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 CENTER = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=bool)
@@ -237,6 +237,6 @@ def test_cli_mine_error_is_one_line(tmp_path, capsys):
 
 
 def test_dataset_names_match_data_module():
-    from prune_nas.data import NAMES
+    from prune_nas.training.data import NAMES
 
     assert set(NUM_CLASSES) == set(NAMES)

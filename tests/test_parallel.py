@@ -1,9 +1,9 @@
 """Concurrent candidates: spawned processes train distinct specs into one store, and reuse works after."""
 
-from prune_nas.genome import base_genome
-from prune_nas.parallel import start_mps, train_concurrently
-from prune_nas.store import Store
-from prune_nas.train import Protocol, RunSpec
+from prune_nas.core.genome import base_genome
+from prune_nas.training.parallel import start_mps, train_concurrently
+from prune_nas.training.store import Store
+from prune_nas.training.train import Protocol, RunSpec
 
 
 def test_two_processes_train_two_candidates_into_one_store(tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from prune_nas.cli import main
-from prune_nas.errors import UserError
-from prune_nas.experiments import MANIFEST_FORMAT, MANIFEST_VERSION
-from prune_nas.report import comparison_cells, comparison_markdown, curve_points, find_runs, render
+from prune_nas.core.errors import UserError
+from prune_nas.repro.experiments import MANIFEST_FORMAT, MANIFEST_VERSION
+from prune_nas.repro.report import comparison_cells, comparison_markdown, curve_points, find_runs, render
 
 
 def _row(index=0, **kw) -> dict:
@@ -151,8 +151,8 @@ def test_curves_points_and_figure(tmp_path):
 
 def _pattern_run(tmp_path, kind: str) -> Path:
     """A run folder holding a mined pattern of hand-made genomes (dense for widths, sparse for kernels)."""
-    from prune_nas.genome import Sparsity, base_genome, save_genome
-    from prune_nas.mining import mine_genomes, save_pattern
+    from prune_nas.core.genome import Sparsity, base_genome, save_genome
+    from prune_nas.design.mining import mine_genomes, save_pattern
 
     base = base_genome("vgg11", num_classes=10, input_size=16, width_mult=0.125)
     genomes = []

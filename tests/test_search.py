@@ -20,13 +20,13 @@ import yaml
 from optuna.trial import TrialState
 
 from prune_nas.cli import main
-from prune_nas.cost import count
-from prune_nas.errors import UserError
-from prune_nas.genome import save_genome
+from prune_nas.core.cost import count
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import save_genome
 from prune_nas.methods.baselines import uniform_genome
-from prune_nas.search import counts, create_study, load_study, seed_genomes, summarize, work
-from prune_nas.spaces import Space, list_spaces, load_space
-from prune_nas.store import Store
+from prune_nas.search.studies import counts, create_study, load_study, seed_genomes, summarize, work
+from prune_nas.search.spaces import Space, list_spaces, load_space
+from prune_nas.training.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,7 +208,7 @@ def test_early_stopping_reports_each_epoch_and_stops_weak_trials(tmp_path):
     first = study.trials[0]
     assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [1, 2]
     # A trial that Optuna's median rule stops ends PRUNED ("stopped early") and stores no run.
-    from prune_nas.search import _EarlyStopping
+    from prune_nas.search.studies import _EarlyStopping
 
     class Stop:
         attrs: dict = {}
@@ -256,7 +256,7 @@ def test_results_in_the_store_are_reused_by_another_study(tmp_path):
 def test_interrupted_trial_is_put_back_in_the_queue(tmp_path, monkeypatch):
     space = Space.from_dict(tiny_space(uniform=[0.5]))
     study = create_study(space, sqlite(tmp_path), trials=1, log=quiet)
-    import prune_nas.train as train_mod
+    import prune_nas.training.train as train_mod
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import prune_nas.train as train_mod
-from prune_nas.builder import build
-from prune_nas.genome import base_genome, save_genome
-from prune_nas.data import synthetic
-from prune_nas.store import Store
-from prune_nas.train import Budget, Protocol, RunSpec, attach_weights, init_model, run
+import prune_nas.training.train as train_mod
+from prune_nas.core.builder import build
+from prune_nas.core.genome import base_genome, save_genome
+from prune_nas.training.data import synthetic
+from prune_nas.training.store import Store
+from prune_nas.training.train import Budget, Protocol, RunSpec, attach_weights, init_model, run
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_finetune_starts_from_inherited_weights(tmp_path, data16):
     trained = build(g)
     g = attach_weights(g, trained.state_dict(), tmp_path / "g.pt")
     save_genome(g, tmp_path / "g.json")
-    from prune_nas.genome import load_genome
+    from prune_nas.core.genome import load_genome
 
     g = load_genome(tmp_path / "g.json")
     spec = RunSpec(g, "synthetic", Protocol.finetune(epochs=1), init="finetune")
@@ -150,7 +150,7 @@ def test_finetune_starts_from_inherited_weights(tmp_path, data16):
 
 
 def test_finetune_without_weights_is_a_user_error():
-    from prune_nas.errors import UserError
+    from prune_nas.core.errors import UserError
 
     with pytest.raises(UserError, match="inherited weights"):
         RunSpec(tiny(), "digits", init="finetune").key

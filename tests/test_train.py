@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from prune_nas.builder import build
-from prune_nas.genome import base_genome
-from prune_nas.cost import count
-from prune_nas.data import load_dataset, synthetic
-from prune_nas.genome import MaskRef, Sparsity, conv_ops
-from prune_nas.sparsity import save_masks
-from prune_nas.train import (IMAGENET_RATIO_CAP, Budget, Protocol, RunSpec, evaluate_model,
+from prune_nas.core.builder import build
+from prune_nas.core.genome import base_genome
+from prune_nas.core.cost import count
+from prune_nas.training.data import load_dataset, synthetic
+from prune_nas.core.genome import MaskRef, Sparsity, conv_ops
+from prune_nas.core.masks import save_masks
+from prune_nas.training.train import (IMAGENET_RATIO_CAP, Budget, Protocol, RunSpec, evaluate_model,
                              scratch_b_epochs, train_model)
 
 VGG16_A = [32, 64, "M", 128, 128, "M", 256, 256, 256, "M", 256, 256, 256, "M", 256, 256, 256]

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prune_nas.cli import main
-from prune_nas.cost import count
-from prune_nas.errors import UserError
-from prune_nas.genome import Sparsity, base_genome, conv_ops, load_genome, save_genome
-from prune_nas.mining import mine, mine_genomes
-from prune_nas.sparsity import file_sha256, load_masks
-from prune_nas.transfer import (
+from prune_nas.core.cost import count
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Sparsity, base_genome, conv_ops, load_genome, save_genome
+from prune_nas.design.mining import mine, mine_genomes
+from prune_nas.core.masks import file_sha256, load_masks
+from prune_nas.design.transfer import (
     discovered_files,
     generate,
     group_ratios,
@@ -282,7 +282,7 @@ def test_transfer_no_runs_with_no_discover_is_refused(tmp_path):
 
 
 def test_transfer_runs_discovery_first_when_missing(tmp_path, monkeypatch):
-    import prune_nas.transfer as tr
+    import prune_nas.design.transfer as tr
 
     calls, said = [], []
 
@@ -352,7 +352,7 @@ def test_guided_widths_hit_any_size(model, seed, size, by):
     """Random patterns, random sizes: the guided genome is valid and within one channel per layer of the size."""
     import random
 
-    from prune_nas.genome import random_genome
+    from prune_nas.core.genome import random_genome
 
     rng = random.Random(seed)
     p = mine_genomes([random_genome(model, rng, 0.2, 1.0) for _ in range(2)], ["a.json", "b.json"])
@@ -403,7 +403,7 @@ def test_narrow_runs_without_reference_file_use_the_recorded_width(tmp_path):
 
 
 def test_guided_narrow_target_writes_and_references_its_base(tmp_path):
-    from prune_nas.library import reference_of
+    from prune_nas.core.library import reference_of
 
     p = mine(narrow_runs(tmp_path))
     target = target_base(p, "vgg19")
@@ -419,12 +419,12 @@ def test_guided_narrow_target_writes_and_references_its_base(tmp_path):
 
 
 def test_run_discovery_calls_the_methods_discover(tmp_path, monkeypatch):
-    """run_discovery calls prune_nas.methods.discover.discover once per seed and takes the written paths."""
+    """run_discovery calls prune_nas.design.discover.discover once per seed and takes the written paths."""
     import types
 
-    from prune_nas.transfer import run_discovery
+    from prune_nas.design.transfer import run_discovery
 
-    disc = pytest.importorskip("prune_nas.methods.discover")
+    disc = pytest.importorskip("prune_nas.design.discover")
 
     calls = []
 

@@ -2,6 +2,8 @@
 
 Each command group lives in its own module with a ``register(subparsers)`` function; ``main`` wires them up and
 turns user errors into one line on stderr and exit status 2 (internal errors keep their traceback).
+
+May import: every other layer. Nothing imports it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 import importlib.util
 import sys
 
-from ..errors import UserError
+from prune_nas.core.errors import UserError
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = ["genome", "train", "discover", "mine", "evaluate", "experiments"]
@@ -26,7 +28,7 @@ Start with `prune-nas genome list`, then `prune-nas discover --method slimming` 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from prune_nas.core.version import __version__
 
     parser = argparse.ArgumentParser(prog="prune-nas", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import UserError
-from ._format import human, table
+from prune_nas.core.errors import UserError
+from prune_nas.cli._format import human, table
 
 EXAMPLES = """\
 examples:
@@ -43,7 +43,7 @@ def register(sub) -> None:
                                                   "model's)")
     add_method_args(p)
     r = p.add_argument_group("where and how")
-    r.add_argument("--out", help="output folder (default artifacts/genomes/discovered)")
+    r.add_argument("--out", help="output folder (default $PRUNE_NAS_HOME/genomes/discovered or artifacts/genomes/discovered in the working folder)")
     r.add_argument("--store", help="where trained large models are cached (default $PRUNE_NAS_HOME/store or "
                                    "artifacts/store)")
     r.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
@@ -110,8 +110,8 @@ def cmd_discover(args) -> int:
 
     import torch
 
-    from ..methods import discover as d
-    from .train import _device
+    from prune_nas.design import discover as d
+    from prune_nas.cli.train import _device
 
     device = _device(args.device)
     if args.threads:
@@ -152,7 +152,7 @@ def cmd_discover(args) -> int:
 
 
 def summarize(result) -> dict:
-    from ..cost import count
+    from prune_nas.core.cost import count
 
     c, b = count(result.genome), count(result.base)
     return {"genome": str(result.path), "name": result.genome.name, "key": result.genome.key,
@@ -169,7 +169,7 @@ def layer_table(result) -> str:
     """Per width group: base and kept width (structured); per conv layer: density (sparse)."""
     g, base = result.genome, result.base
     if g.sparsity is not None:
-        from ..cost import kept_weights, ops_of
+        from prune_nas.core.cost import kept_weights, ops_of
 
         ops = {op.name: op for op in ops_of(g) if op.kind == "conv"}
         kept = kept_weights(g)
@@ -182,7 +182,7 @@ def layer_table(result) -> str:
 
 
 def cmd_methods(args) -> int:
-    from ..methods import list_methods
+    from prune_nas.methods import list_methods
 
     methods = sorted(list_methods(), key=lambda m: (ORDER.index(m.name) if m.name in ORDER else len(ORDER), m.name))
     if args.json:

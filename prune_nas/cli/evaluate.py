@@ -9,9 +9,9 @@ import json
 import signal
 import sys
 
-from ..errors import UserError
-from ._format import human, table
-from .discover import add_method_args, method_args
+from prune_nas.core.errors import UserError
+from prune_nas.cli._format import human, table
+from prune_nas.cli.discover import add_method_args, method_args
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -117,8 +117,8 @@ def _study_opts(p) -> None:
 def _setup(args, dataset: str | None) -> str:
     import torch
 
-    from ..methods.discover import SHORT
-    from .train import _device
+    from prune_nas.design.discover import SHORT
+    from prune_nas.cli.train import _device
 
     device = _device(args.device)
     if args.threads:
@@ -134,7 +134,7 @@ def _log(args):
 
 
 def cmd_evaluate(args) -> int:
-    from ..evaluate import command_line, evaluate
+    from prune_nas.repro.evaluate import command_line, evaluate
 
     device = _setup(args, args.dataset)
     # Progress goes to stderr so that stdout is the table alone (`prune-nas evaluate > table.md`).
@@ -175,8 +175,8 @@ def _sigterm_interrupts():
 
 
 def cmd_search(args) -> int:
-    from ..search import search
-    from ..spaces import load_space
+    from prune_nas.search.studies import search
+    from prune_nas.search.spaces import load_space
 
     space = load_space(args.space)
     device = _setup(args, space.dataset)
@@ -191,7 +191,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from ..search import worker
+    from prune_nas.search.studies import worker
 
     device = _setup(args, None)
     with _sigterm_interrupts():
@@ -205,7 +205,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from ..search import load_study, summarize
+    from prune_nas.search.studies import load_study, summarize
 
     if args.top < 1:
         raise UserError("--top must be >= 1")

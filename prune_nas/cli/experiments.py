@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from prune_nas.core.errors import UserError
 
 RUN_EPILOG = """\
 examples:
@@ -35,7 +35,7 @@ def register(sub) -> None:
                        description="Expand an experiment spec at a scale into pruning and training runs and run "
                                    "them with an overall progress bar; finished runs are reused.",
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec(s), e.g. experiments/table4_slimming.yaml")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec file(s) or bundled spec names, e.g. table4_slimming or experiments/table4_slimming.yaml")
     p.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"), help="default smoke")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
@@ -66,7 +66,7 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from .. import experiments as ex
+    from prune_nas.repro import experiments as ex
 
     specs = [ex.load_spec(s) for s in args.specs]  # validate them all before training anything
     names = [s.name for s in specs]
@@ -81,7 +81,7 @@ def cmd_run(args) -> int:
         return 0
     import torch
 
-    from .train import _device
+    from prune_nas.cli.train import _device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
         print(f"{spec.name} [{args.scale}]: {prog['done']}/{prog['total']} runs ({prog['reused']} reused), "
               f"{len(failed)} failed, wall time {m['wall_time_s']:.0f} s -> {path}")
         if args.report:
-            from ..report import render
+            from prune_nas.repro.report import render
 
             files = render(path.parent, args.report)
             print(f"report: {files[0]}")
@@ -121,8 +121,8 @@ def _print_plan(plan, folder: Path) -> None:
 
 
 def cmd_report(args) -> int:
-    from ..experiments import load_manifest
-    from ..report import find_runs, render, summary
+    from prune_nas.repro.experiments import load_manifest
+    from prune_nas.repro.report import find_runs, render, summary
 
     folders = find_runs(args.path, args.scale)
     out = Path(args.out)

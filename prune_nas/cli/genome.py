@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ._format import human, table
+from prune_nas.cli._format import human, table
 
 EPILOG = """\
 examples:
@@ -47,8 +47,8 @@ def register(sub) -> None:
 
 def describe(genome) -> dict:
     """Everything `genome info` shows, as plain data."""
-    from ..cost import count
-    from ..library import reference_of
+    from prune_nas.core.cost import count
+    from prune_nas.core.library import reference_of
 
     cost, ref = count(genome), reference_of(genome)
     rcost = count(ref)
@@ -72,7 +72,7 @@ def describe(genome) -> dict:
 
 
 def cmd_info(args) -> int:
-    from ..library import resolve_genome
+    from prune_nas.core.library import resolve_genome
 
     genome = resolve_genome(args.genome)
     info = describe(genome)
@@ -90,7 +90,7 @@ def cmd_info(args) -> int:
         print(f"  method {info['provenance']['method']}"
               + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
     if genome.sparsity is not None:
-        from ..cost import kept_weights, ops_of
+        from prune_nas.core.cost import kept_weights, ops_of
 
         ops = {op.name: op for op in ops_of(genome) if op.kind == "conv"}
         kept = kept_weights(genome)
@@ -105,7 +105,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ..genome import load_genome
+    from prune_nas.core.genome import load_genome
 
     for f in args.files:
         g = load_genome(f)  # raises GenomeError -> one line, exit 2
@@ -114,9 +114,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from ..arch import MODELS
-    from ..cost import count
-    from ..library import names, reference_of, resolve_genome
+    from prune_nas.core.arch import MODELS
+    from prune_nas.core.cost import count
+    from prune_nas.core.library import names, reference_of, resolve_genome
 
     lib = []
     for name in names():
@@ -142,8 +142,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..genome import save_genome
-    from ..library import resolve_genome
+    from prune_nas.core.genome import save_genome
+    from prune_nas.core.library import resolve_genome
 
     genome = resolve_genome(args.genome)
     out = Path(args.out)
@@ -154,7 +154,7 @@ def cmd_export(args) -> int:
         shutil.copyfile(mask, dest)
         from dataclasses import replace
 
-        from ..genome import MaskRef
+        from prune_nas.core.genome import MaskRef
 
         genome = replace(genome, sparsity=replace(genome.sparsity,
                                                   mask=MaskRef(dest.name, genome.sparsity.mask.sha256)))

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from ._format import human, table
+from prune_nas.core.errors import UserError
+from prune_nas.cli._format import human, table
 
 SIZE_HELP = ("comma-separated sizes: the fraction of the unpruned target model's params (or FLOPs with "
              "--by flops) that each genome KEEPS, in (0, 1]; e.g. 0.3 = 30%% of the base model's params")
@@ -51,10 +51,10 @@ t of T takes source stage floor((t - 0.5) * S / T) + 1 of S (same relative depth
 
 
 def _dirs():
-    from ..library import LIBRARY_DIR, ROOT
+    from prune_nas.core.paths import output_dir
 
-    return {"discovered": LIBRARY_DIR / "discovered", "guided": LIBRARY_DIR / "guided",
-            "transferred": LIBRARY_DIR / "transferred", "patterns": ROOT / "artifacts" / "patterns"}
+    return {"discovered": output_dir("genomes", "discovered"), "guided": output_dir("genomes", "guided"),
+            "transferred": output_dir("genomes", "transferred"), "patterns": output_dir("patterns")}
 
 
 def _sizes(text: str) -> list[float]:
@@ -122,7 +122,7 @@ def register(sub) -> None:
 
 # ---- mine ------------------------------------------------------------------------------------------------------
 def cmd_mine(args) -> int:
-    from ..mining import expand_paths, figure_paths, mine, plot_kernels, plot_widths, save_pattern
+    from prune_nas.design.mining import expand_paths, figure_paths, mine, plot_kernels, plot_widths, save_pattern
 
     pattern = mine(expand_paths(args.files))
     out = args.out or _dirs()["patterns"] / f"{pattern.label()}.pattern.json"
@@ -171,8 +171,8 @@ def print_pattern(pattern) -> None:
 
 # ---- guide / transfer ----------------------------------------------------------------------------------------------
 def cmd_guide(args) -> int:
-    from ..mining import load_pattern
-    from ..transfer import generate, target_base
+    from prune_nas.design.mining import load_pattern
+    from prune_nas.design.transfer import generate, target_base
 
     pattern = load_pattern(args.pattern)
     model = args.model or pattern.model
@@ -187,8 +187,8 @@ def cmd_guide(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    from ..mining import load_pattern
-    from ..transfer import parse_name, transfer
+    from prune_nas.design.mining import load_pattern
+    from prune_nas.design.transfer import parse_name, transfer
 
     parse_name(args.source)
     parse_name(args.target)
@@ -211,7 +211,7 @@ def cmd_transfer(args) -> int:
 
 
 def _report(results, args) -> None:
-    from ..cost import count
+    from prune_nas.core.cost import count
 
     rows = []
     for path, genome, info in results:

@@ -7,8 +7,8 @@ import statistics
 import sys
 from dataclasses import replace
 
-from ..errors import UserError
-from ._format import human, table
+from prune_nas.core.errors import UserError
+from prune_nas.cli._format import human, table
 
 EXAMPLES = """\
 examples:
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cap(value: str | None, dataset: str) -> float | None:
-    from ..train import IMAGENET_RATIO_CAP
+    from prune_nas.training.train import IMAGENET_RATIO_CAP
 
     if value is None:
         return IMAGENET_RATIO_CAP if dataset == "imagenet" else None
@@ -90,14 +90,14 @@ def _cap(value: str | None, dataset: str) -> float | None:
 
 
 def _reference(genome, name: str | None):
-    from ..library import reference_of, resolve_genome
+    from prune_nas.core.library import reference_of, resolve_genome
 
     ref = resolve_genome(name) if name else reference_of(genome)
     return ref.replace(num_classes=genome.num_classes) if ref.num_classes != genome.num_classes else ref
 
 
 def _protocol(args):
-    from ..train import Protocol
+    from prune_nas.training.train import Protocol
 
     overrides = {k: getattr(args, k) for k in ("lr", "batch_size", "momentum", "weight_decay", "nesterov",
                                                 "lr_gamma", "crop_padding", "flip")
@@ -133,10 +133,10 @@ def _device(name: str) -> str:
 def cmd_train(args) -> int:
     import torch
 
-    from ..data import NUM_CLASSES, load_dataset
-    from ..library import resolve_genome
-    from ..store import Store
-    from ..train import Budget, RunSpec, run
+    from prune_nas.training.data import NUM_CLASSES, load_dataset
+    from prune_nas.core.library import resolve_genome
+    from prune_nas.training.store import Store
+    from prune_nas.training.train import Budget, RunSpec, run
 
     if args.dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {args.dataset!r}; known: {', '.join(NUM_CLASSES)}")
@@ -209,9 +209,9 @@ def _summary_row(name: str, dataset: str, records: list[dict]) -> list:
 
 
 def cmd_budget(args) -> int:
-    from ..cost import count
-    from ..library import resolve_genome
-    from ..train import Protocol, scratch_b_epochs
+    from prune_nas.core.cost import count
+    from prune_nas.core.library import resolve_genome
+    from prune_nas.training.train import Protocol, scratch_b_epochs
 
     if args.epochs < 1:
         raise UserError("--epochs must be >= 1")

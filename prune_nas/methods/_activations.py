@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UserError
-from ._base import Method, Param, PruneResult, check_ratio, kept_width
+from prune_nas.core.errors import UserError
+from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, kept_width
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,11 @@ class Link:
 def links(genome) -> list[Link]:
     """Width groups a reconstruction method may prune, each with its single consumer, in layout order.
 
-    >>> from prune_nas.genome import base_genome
+    >>> from prune_nas.core.genome import base_genome
     >>> [(l.group, l.consumer) for l in links(base_genome("resnet20"))][:2]
     [('stage1.block0.conv1', 'stage1.block0.conv2'), ('stage1.block1.conv1', 'stage1.block1.conv2')]
     """
-    from .surgery import consumers
+    from prune_nas.methods.surgery import consumers
 
     groups, out = genome.groups, []
     for g in groups.names:
@@ -89,7 +89,7 @@ def target_widths(method: str, genome, ratio: float | None, config: str | None,
 
 
 def _config_widths(method, genome, config, aliases, prunable, notes: list[str]) -> dict[str, int]:
-    from ..library import NAMED, named_genome
+    from prune_nas.core.library import NAMED, named_genome
 
     name = aliases.get(config.lower(), config)
     found = [n for n in NAMED if n.name == name]
@@ -215,7 +215,7 @@ def sample_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, window
 
 
 def input_batch(data: Any, images: int, seed: int) -> torch.Tensor:
-    """A float batch of up to ``images`` inputs from a tensor or a ``prune_nas.data.Dataset`` (its training
+    """A float batch of up to ``images`` inputs from a tensor or a ``prune_nas.training.data.Dataset`` (its training
     split, without augmentation)."""
     if data is None:
         raise UserError("this method needs data to sample activations from (a dataset or a batch of inputs)")
@@ -322,7 +322,7 @@ class ReconstructionMethod(Method):
 def finish(method, genome, work: nn.Module, kept: dict[str, list[int]], errors: dict[str, float],
            notes: list[str], **params) -> PruneResult:
     """Cut the removed channels out (channel surgery) and record how the genome was found."""
-    from .surgery import shrink
+    from prune_nas.methods.surgery import shrink
 
     small, state = shrink(genome, work, kept)
     if errors:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import UserError
+from prune_nas.core.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from ..genome import Genome
+    from prune_nas.core.genome import Genome
 
 
 @dataclass(frozen=True)

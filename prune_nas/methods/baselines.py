@@ -11,7 +11,7 @@ looking at weights, so they need no trained model.
   of the randomly chosen channels, the random-criterion baseline for fine-tuning; ``discover`` trains
   nothing for it and writes the genome only.
 
->>> from prune_nas.genome import base_genome
+>>> from prune_nas.core.genome import base_genome
 >>> uniform_genome(base_genome("vgg16"), 0.5).widths["conv13"]
 256
 """
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UserError
-from ..genome import Sparsity, _fit_selects
-from ._base import Method, Param, PruneResult, check_ratio, register
-from .surgery import channel_ids, shrink, state_of
+from prune_nas.core.errors import UserError
+from prune_nas.core.genome import Sparsity, _fit_selects
+from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, register
+from prune_nas.methods.surgery import channel_ids, shrink, state_of
 
 if TYPE_CHECKING:
-    from ..genome import Genome
+    from prune_nas.core.genome import Genome
 
 
 def uniform_genome(base: Genome, keep_fraction: float) -> Genome:
@@ -47,7 +47,7 @@ def uniform_sparsity_genome(base: Genome, density: float, seed: int = 0) -> Geno
     ``seed`` (see :func:`random_masks`) make it exact."""
     if not 0.0 < density <= 1.0:
         raise UserError(f"density must be in (0, 1], got {density}")
-    from ..genome import conv_ops
+    from prune_nas.core.genome import conv_ops
 
     sp = Sparsity(density={n: float(density) for n in conv_ops(base)}, seed=int(seed))
     return base.replace(sparsity=sp, name=None)
@@ -57,7 +57,7 @@ def random_masks(genome: Genome, seed: int = 0) -> dict[str, np.ndarray]:
     """Exact masks for a genome's per-layer densities: each conv keeps ``round(density * weights)`` weights
     (at least 1) chosen uniformly at random, one ``numpy`` generator seeded with ``seed`` over the layers in
     layout order."""
-    from ..genome import conv_ops
+    from prune_nas.core.genome import conv_ops
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -78,7 +78,7 @@ def match_params(base: Genome, target_params: int, iters: int = 50) -> Genome:
     Bisection finds the step where the count crosses the target; of the genomes on either side of it (which
     differ by at most one channel per group) the closer one is returned (the smaller on a tie).
     """
-    from ..cost import count
+    from prune_nas.core.cost import count
 
     if target_params >= count(base).params:
         return base.replace(name=None)
@@ -131,7 +131,7 @@ def _alive(genome, slot: str, keep: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _like_widths(genome: Genome, like) -> dict[str, int]:
-    from ..library import resolve_genome
+    from prune_nas.core.library import resolve_genome
 
     other = resolve_genome(like) if isinstance(like, str) else like
     if other.model != genome.model or tuple(other.blocks or ()) != tuple(genome.blocks or ()):
@@ -187,8 +187,8 @@ class Uniform(_Baseline):
                            [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
                            masks=masks)
         if like is not None:
-            from ..cost import count
-            from ..library import resolve_genome
+            from prune_nas.core.cost import count
+            from prune_nas.core.library import resolve_genome
 
             other = resolve_genome(like) if isinstance(like, str) else like
             target = count(other).params

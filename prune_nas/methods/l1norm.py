@@ -4,8 +4,8 @@ Each pruned layer keeps its filters with the largest sum of absolute weights, ra
 weights of that layer alone (Li et al.'s "independent" strategy). Kept widths are predefined:
 
 * ``config`` ``A`` / ``B``: the paper's named configs. VGG-16-A keeps the widths of
-  ``prune_nas.library.L1_VGG16_A`` (as fractions of the base widths, so a narrowed ``--width`` model is pruned
-  in proportion); ResNet configs are ``prune_nas.library.L1_RESNET_CONFIGS`` (skip list + per-stage ratios).
+  ``prune_nas.core.library.L1_VGG16_A`` (as fractions of the base widths, so a narrowed ``--width`` model is pruned
+  in proportion); ResNet configs are ``prune_nas.core.library.L1_RESNET_CONFIGS`` (skip list + per-stage ratios).
 * ``ratio`` (fraction removed) for every prunable layer, except the conv ids in ``skip``: a kept width is
   ``int(w * (1 - ratio))``, at least 1 (reported in ``notes`` when the floor applies).
 
@@ -21,14 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ._base import Method, Param, PruneResult, check_ratio, kept_width, register
-from .surgery import keep_largest, producers, shrink, state_of
+from prune_nas.core.errors import UserError
+from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, kept_width, register
+from prune_nas.methods.surgery import keep_largest, producers, shrink, state_of
 
 
 def conv_ids(genome) -> dict[str, int]:
     """Conv layer id (Li et al.'s numbering, see the module doc) -> module path, for the main-path convs."""
-    from ..cost import ops_of
+    from prune_nas.core.cost import ops_of
 
     ids, i = {}, 0
     for op in ops_of(genome):
@@ -47,7 +47,7 @@ def prunable_groups(genome) -> list[str]:
 
 
 def config_names(genome) -> list[str]:
-    from ..library import L1_RESNET_CONFIGS
+    from prune_nas.core.library import L1_RESNET_CONFIGS
 
     if genome.family == "vgg":
         return ["A"] if genome.spec.config.get("depth") == 16 and genome.spec.input_size == 32 else []
@@ -57,7 +57,7 @@ def config_names(genome) -> list[str]:
 def target_widths(genome, ratio: float | None = None, config: str | None = None,
                   skip: Sequence[int] = ()) -> tuple[dict[str, int], list[str]]:
     """Kept width per pruned group, and notes (layers floored at one channel)."""
-    from ..library import L1_RESNET_CONFIGS, L1_VGG16_A, vgg_widths
+    from prune_nas.core.library import L1_RESNET_CONFIGS, L1_VGG16_A, vgg_widths
 
     notes: list[str] = []
     prunable = prunable_groups(genome)

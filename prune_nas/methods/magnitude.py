@@ -12,7 +12,7 @@ The result is a sparse genome with the same widths: per-layer ``density``, per-s
 of the nine 3x3 positions, the fraction of the stage's 3x3 kernels that keep it, pooled over every 3x3 conv of
 the stage), and the exact masks (``PruneResult.masks``; ``discover`` writes them to the ``.masks.npz`` file the
 genome names). The inherited weights are the trained weights times the mask; scratch training reuses the mask
-with a fresh init (``prune_nas.sparsity.apply_masks``).
+with a fresh init (``prune_nas.core.masks.apply_masks``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..genome import Sparsity
-from ._base import Method, Param, PruneResult, check_ratio, register
-from .surgery import state_of
+from prune_nas.core.genome import Sparsity
+from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, register
+from prune_nas.methods.surgery import state_of
 
 
 def conv_layers(genome):
-    from ..cost import ops_of
+    from prune_nas.core.cost import ops_of
 
     return [op for op in ops_of(genome) if op.kind == "conv"]
 

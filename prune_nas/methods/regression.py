@@ -15,7 +15,7 @@ weights on the kept channels are then refitted by least squares (``np.linalg.lst
 original model's output at sampled positions, all output channels at once.
 
 Target widths are predefined: a uniform ``ratio`` of channels removed per prunable layer, or the named config
-``vgg16-5x`` (He et al.'s VGG-16 widths; see ``prune_nas.library``).
+``vgg16-5x`` (He et al.'s VGG-16 widths; see ``prune_nas.core.library``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 
-from ._activations import COMMON_PARAMS, LayerSample, ReconstructionMethod, ridge_lstsq
-from ._base import Param, register
+from prune_nas.methods._activations import COMMON_PARAMS, LayerSample, ReconstructionMethod, ridge_lstsq
+from prune_nas.methods._base import Param, register
 
 CONFIGS = {"vgg16-5x": "vgg16-5x"}
 BISECTIONS = 30

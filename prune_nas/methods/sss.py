@@ -8,7 +8,7 @@ without the acceleration), so unneeded blocks reach zero. Blocks with ``|lambda|
 the result is a genome whose ``blocks`` lists the kept blocks per stage. Families: post-activation ResNets
 (CIFAR and ImageNet, basic and bottleneck) and pre-activation ResNets.
 
-Training hooks for the one training loop (``prune_nas.train.train_model``):
+Training hooks for the one training loop (``prune_nas.training.train.train_model``):
 
 >>> from prune_nas import base_genome, build
 >>> model = build(base_genome("resnet20", width_mult=0.25))
@@ -39,8 +39,8 @@ import re
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ._base import Method, Param, PruneResult, register
+from prune_nas.core.errors import UserError
+from prune_nas.methods._base import Method, Param, PruneResult, register
 
 SCALE = "block_scale"
 # A scale is driven to zero when its loss gradient stays below the penalty, so gamma is on the scale of the
@@ -56,8 +56,8 @@ _BLOCK = re.compile(r"^(stage\d+)\.block(\d+)\.(.+)$")
 # ---- scales ------------------------------------------------------------------------------------------------
 def _branch_end(module: nn.Module) -> nn.Module | None:
     """The last layer of a residual block's branch, or None when ``module`` is not a residual block."""
-    from ..arch.preresnet import _PreBottleneck
-    from ..arch.resnet import _Basic, _Bottleneck
+    from prune_nas.core.arch.preresnet import _PreBottleneck
+    from prune_nas.core.arch.resnet import _Basic, _Bottleneck
 
     if isinstance(module, _Basic):
         return module.bn2
@@ -222,8 +222,8 @@ def kept_blocks(genome, scales: dict[str, float],
 
 def pruned_genome(genome, keep: list[list[int]]) -> tuple[object, list[str]]:
     """The genome with only the kept blocks (renumbered), each keeping its own inner widths."""
-    from ..arch import get_family
-    from ..graph import width_groups
+    from prune_nas.core.arch import get_family
+    from prune_nas.core.graph import width_groups
 
     blocks = tuple(len(k) for k in keep)
     groups = width_groups(genome.model, blocks)
@@ -250,7 +250,7 @@ def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> t
     """State dict for ``build(small)`` from the trained ``model`` (scales folded in); see the module doc."""
     import copy
 
-    from ..builder import build
+    from prune_nas.core.builder import build
 
     source = copy.deepcopy(model).cpu()
     detach_scales(source, fold=True)
@@ -282,7 +282,7 @@ def _reads_new_tensor(genome, s: int) -> bool:
     """Whether block 0 of stage ``s`` reads another tensor than the stage's later blocks do."""
     if genome.family == "preresnet":
         return True  # block 0 reads the stem or the previous stage; later blocks read the stage's stream
-    from ..arch import get_family
+    from prune_nas.core.arch import get_family
 
     return not get_family("resnet")._identity_entry(genome.spec, s)
 

@@ -12,15 +12,15 @@ fine-tunes between layers instead).
 
 Target widths are predefined: a uniform ``ratio`` of channels removed per prunable layer, or a named config
 (``vgg-conv``, ``vgg-gap``, ``vgg-tiny``, ``resnet50-30``, ``resnet50-50``, ``resnet50-70``; see
-``prune_nas.library``).
+``prune_nas.core.library``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._activations import COMMON_PARAMS, LayerSample, ReconstructionMethod, ridge_lstsq
-from ._base import Param, register
+from prune_nas.methods._activations import COMMON_PARAMS, LayerSample, ReconstructionMethod, ridge_lstsq
+from prune_nas.methods._base import Param, register
 
 CONFIGS = {"vgg-conv": "thinet-vgg-conv", "vgg-gap": "thinet-vgg-gap", "vgg-tiny": "thinet-vgg-tiny",
            "resnet50-30": "thinet-resnet50-30", "resnet50-50": "thinet-resnet50-50",

@@ -1,0 +1,44 @@
+"""Model families and the registry of named base models.
+
+>>> from prune_nas.core.arch import list_models
+>>> "resnet56" in list_models("resnet*")
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+from prune_nas.core.errors import UserError
+from prune_nas.core.arch._base import Family, ModelSpec, Op, Slot
+from prune_nas.core.arch import densenet
+from prune_nas.core.arch import preresnet
+from prune_nas.core.arch import resnet
+from prune_nas.core.arch import vgg
+
+__all__ = ["Family", "ModelSpec", "Op", "Slot", "FAMILIES", "MODELS", "get_family", "get_spec", "list_models"]
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (vgg.VGG(), resnet.ResNet(), preresnet.PreResNet(),
+                                                   densenet.DenseNet())}
+MODELS: dict[str, ModelSpec] = {s.name: s for mod in (vgg, resnet, preresnet, densenet) for s in mod.specs()}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return [name for name in MODELS if fnmatch.fnmatch(name, pattern)]
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"unknown model {name!r}{hint}; `prune-nas genome list` shows them all") from None
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UserError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}") from None

@@ -1,0 +1,132 @@
+"""VGG with BatchNorm: CIFAR (4 max-pools, global average pool) and ImageNet (5 max-pools, FC head).
+
+Heads: ``linear`` (Network Slimming: one Linear), ``mlp`` (Li et al.'s L1-norm paper: Linear(c, 512), BN1d,
+ReLU, Linear(512, classes)), ``fc`` (ImageNet: 7x7 pool, 4096-4096 FC with dropout), ``gap`` (ThiNet-GAP:
+global average pool, one Linear). Every conv is its own width group.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from prune_nas.core.arch._base import Family, ModelSpec, Op, Slot
+from prune_nas.core.arch._layers import init_weights
+
+CFGS = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
+}
+MLP_HIDDEN = 512
+FC_HIDDEN = 4096
+
+
+def _layers(spec: ModelSpec):
+    """Yield (slot name, base width, stage) per conv and "M" per pool, in order."""
+    cfg = list(CFGS[spec.config["depth"]])
+    if spec.config.get("final_pool"):
+        cfg.append("M")
+    stage, i = 1, 0
+    for item in cfg:
+        if item == "M":
+            stage += 1
+            yield "M"
+        else:
+            i += 1
+            yield f"conv{i}", item, stage
+
+
+class VGG(Family):
+    name = "vgg"
+
+    def slots(self, spec, blocks):
+        return [Slot(n, w, "conv", s) for n, w, s in (x for x in _layers(spec) if x != "M")]
+
+    def min_input_size(self, spec):
+        return 2 ** sum(1 for x in _layers(spec) if x == "M")
+
+    def ops(self, spec, blocks, widths, input_size, in_channels, num_classes):
+        ops, cin, hw, src = [], in_channels, input_size, ()
+        for item in _layers(spec):
+            if item == "M":
+                hw //= 2
+                continue
+            name, _, stage = item
+            w = widths[name]
+            ops += [Op(f"features.{name}", "conv", cin, w, 3, hw, stage=stage, in_slots=src, out_slot=name),
+                    Op(f"features.bn{name[4:]}", "bn", w, w, out_slot=name)]
+            cin, src = w, (name,)
+        head = spec.config["head"]
+        if head in ("linear", "gap"):
+            ops.append(Op("classifier", "linear", cin, num_classes, bias=True, in_slots=src))
+        elif head == "mlp":
+            ops += [Op("classifier.0", "linear", cin, MLP_HIDDEN, bias=True, in_slots=src),
+                    Op("classifier.1", "bn", MLP_HIDDEN, MLP_HIDDEN),
+                    Op("classifier.3", "linear", MLP_HIDDEN, num_classes, bias=True)]
+        else:  # fc
+            ops += [Op("classifier.0", "linear", cin * 49, FC_HIDDEN, bias=True, in_slots=src),
+                    Op("classifier.3", "linear", FC_HIDDEN, FC_HIDDEN, bias=True),
+                    Op("classifier.6", "linear", FC_HIDDEN, num_classes, bias=True)]
+        return ops
+
+    def build(self, genome, widths):
+        spec = genome.spec
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        cin, pools = genome.in_channels, 0
+        for item in _layers(spec):
+            if item == "M":
+                pools += 1
+                layers[f"pool{pools}"] = nn.MaxPool2d(2)
+                continue
+            name, _, _ = item
+            w, idx = widths[name], name[4:]
+            layers[name] = nn.Conv2d(cin, w, 3, padding=1, bias=False)
+            layers[f"bn{idx}"] = nn.BatchNorm2d(w)
+            layers[f"relu{idx}"] = nn.ReLU(inplace=True)
+            cin = w
+        model = _VGGNet(nn.Sequential(layers), _head(spec.config["head"], cin, genome.num_classes))
+        init_weights(model)
+        return model
+
+
+def _head(kind: str, cin: int, num_classes: int) -> nn.Module:
+    if kind in ("linear", "gap"):
+        return nn.Linear(cin, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(cin, MLP_HIDDEN), nn.BatchNorm1d(MLP_HIDDEN), nn.ReLU(inplace=True),
+                             nn.Linear(MLP_HIDDEN, num_classes))
+    return nn.Sequential(nn.Linear(cin * 49, FC_HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
+                         nn.Linear(FC_HIDDEN, FC_HIDDEN), nn.ReLU(inplace=True), nn.Dropout(),
+                         nn.Linear(FC_HIDDEN, num_classes))
+
+
+class _VGGNet(nn.Module):
+    def __init__(self, features: nn.Sequential, classifier: nn.Module):
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+        self.fc_head = isinstance(classifier, nn.Sequential) and len(classifier) == 7
+        self.pool = nn.AdaptiveAvgPool2d(7 if self.fc_head else 1)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def specs() -> list[ModelSpec]:
+    out = []
+    for depth in (11, 13, 16, 19):
+        out.append(ModelSpec(f"vgg{depth}", "vgg", 10, 32, config={"depth": depth, "head": "linear"},
+                             summary=f"CIFAR VGG-{depth}-BN, global pool + one Linear (Network Slimming)"))
+        out.append(ModelSpec(f"vgg{depth}-l1", "vgg", 10, 32, config={"depth": depth, "head": "mlp"},
+                             summary=f"CIFAR VGG-{depth}-BN with the Linear-BN1d-ReLU-Linear head of Li et al."))
+    for depth in (11, 16):
+        out.append(ModelSpec(f"vgg{depth}-imagenet", "vgg", 1000, 224,
+                             config={"depth": depth, "head": "fc", "final_pool": True},
+                             summary=f"ImageNet VGG-{depth}-BN, 4096-4096 FC head"))
+    out.append(ModelSpec("vgg16-imagenet-gap", "vgg", 1000, 224, config={"depth": 16, "head": "gap"},
+                         summary="ImageNet VGG-16-BN without the last pool and FC layers: global pool + "
+                                 "one Linear (ThiNet-GAP/Tiny base)"))
+    return out

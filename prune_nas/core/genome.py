@@ -1,0 +1,334 @@
+"""Genome: a frozen, versioned, JSON description of a candidate architecture.
+
+A genome names a base model and gives one width per channel-coupling group (see ``graph.py``), the kept
+blocks per stage, and optionally sparsity (per-layer density, per-stage 3x3 keep maps, or an exact mask
+file). Its ``key`` hashes only what defines the architecture (not its name or provenance), so the same
+architecture found twice is trained once.
+
+>>> g = base_genome("resnet56")
+>>> g.widths["stage1"], len(g.key)
+(16, 16)
+>>> Genome.from_json(g.to_json()) == g
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from prune_nas.core.arch import ModelSpec, get_family, get_spec
+from prune_nas.core.errors import GenomeError, UserError
+from prune_nas.core.graph import WidthGroups, width_groups
+
+FORMAT = "prune-nas.genome"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class MaskRef:
+    file: str  # relative to the genome file's folder
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    density: Mapping[str, float] = field(default_factory=dict)
+    kernel_keep: Mapping[str, list] = field(default_factory=dict)
+    mask: MaskRef | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {}
+        if self.density:
+            out["density"] = dict(self.density)
+        if self.kernel_keep:
+            out["kernel_keep"] = {k: [list(r) for r in v] for k, v in self.kernel_keep.items()}
+        if self.mask:
+            out["mask"] = {"file": self.mask.file, "sha256": self.mask.sha256}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+@dataclass(frozen=True)
+class Genome:
+    model: str
+    widths: Mapping[str, int]
+    num_classes: int
+    input_size: int
+    in_channels: int = 3
+    blocks: tuple[int, ...] | None = None
+    sparsity: Sparsity | None = None
+    name: str | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    # Folder the genome was read from, to find its mask file. Not serialized, not compared.
+    source_dir: Path | None = field(default=None, compare=False, repr=False)
+
+    # ---- derived -----------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def groups(self) -> WidthGroups:
+        return width_groups(self.model, self.blocks)
+
+    def slot_widths(self) -> dict[str, int]:
+        return self.groups.expand(self.widths)
+
+    @property
+    def key(self) -> str:
+        """Content hash of the architecture: 16 hex digits of SHA-256 over canonical JSON."""
+        return _hash(self.arch_dict())
+
+    def arch_dict(self) -> dict:
+        d = self.to_dict()
+        for k in ("name", "provenance", "family"):
+            d.pop(k, None)
+        return d
+
+    def mask_path(self) -> Path | None:
+        if not (self.sparsity and self.sparsity.mask):
+            return None
+        return (self.source_dir or Path.cwd()) / self.sparsity.mask.file
+
+    # ---- serialization -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+        if self.name:
+            out["name"] = self.name
+        out.update(model=self.model, family=self.family, num_classes=self.num_classes,
+                   input={"channels": self.in_channels, "size": self.input_size},
+                   widths={g: int(self.widths[g]) for g in self.groups.names})
+        out["blocks"] = list(self.blocks) if self.blocks is not None else None
+        out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
+        if self.provenance:
+            out["provenance"] = dict(self.provenance)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any, source_dir: Path | None = None) -> "Genome":
+        _check_schema(data)
+        spec = get_spec_field(data["model"])
+        if data.get("family") not in (None, spec.family):
+            raise GenomeError("family", f"{data['family']!r} does not match model {spec.name!r} "
+                                        f"(family {spec.family!r})")
+        blocks = data.get("blocks")
+        sp = data.get("sparsity")
+        sparsity = None
+        if sp:
+            mask = MaskRef(**sp["mask"]) if sp.get("mask") else None
+            sparsity = Sparsity(dict(sp.get("density", {})), dict(sp.get("kernel_keep", {})), mask, sp.get("seed"))
+        genome = cls(model=spec.name, widths=dict(data["widths"]), num_classes=data["num_classes"],
+                     input_size=data["input"]["size"], in_channels=data["input"]["channels"],
+                     blocks=_canonical_blocks(spec, blocks), sparsity=sparsity, name=data.get("name"),
+                     provenance=dict(data.get("provenance", {})), source_dir=source_dir)
+        validate(genome)
+        return genome
+
+    @classmethod
+    def from_json(cls, text: str, source_dir: Path | None = None) -> "Genome":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenomeError("", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        return cls.from_dict(data, source_dir)
+
+    def replace(self, **changes) -> "Genome":
+        """A copy with fields changed, validated again."""
+        if "blocks" in changes and changes["blocks"] is not None:
+            changes["blocks"] = tuple(changes["blocks"])
+        g = replace(self, **changes)
+        validate(g)
+        return g
+
+
+def get_spec_field(model: str) -> ModelSpec:
+    try:
+        return get_spec(model)
+    except UserError as e:
+        raise GenomeError("model", str(e)) from None
+
+
+def _canonical_blocks(spec: ModelSpec, blocks) -> tuple[int, ...] | None:
+    if blocks is None:
+        return spec.default_blocks
+    return tuple(blocks)
+
+
+def _hash(d: dict) -> str:
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(resources.files("prune_nas.core.schema").joinpath("genome.schema.json").read_text())
+
+
+def _check_schema(data: Any) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise GenomeError(where, e.message)
+
+
+def validate(genome: Genome, check_mask: bool = True) -> None:
+    """Semantic checks beyond the schema. Raises GenomeError naming the field."""
+    spec = genome.spec
+    family = get_family(spec.family)
+    if genome.blocks is not None and spec.default_blocks is None:
+        raise GenomeError("blocks", f"model {spec.name!r} has no prunable blocks; use null")
+    if genome.blocks is not None:
+        if len(genome.blocks) != len(spec.default_blocks):
+            raise GenomeError("blocks", f"{spec.name} has {len(spec.default_blocks)} stages, got "
+                                        f"{len(genome.blocks)}")
+        if not family.block_pruning and tuple(genome.blocks) != spec.default_blocks:
+            raise GenomeError("blocks", f"{spec.family} models do not support block pruning")
+        if any(b < 0 for b in genome.blocks) or sum(genome.blocks) == 0:
+            raise GenomeError("blocks", "each stage needs >= 0 blocks and the model at least one")
+    if genome.num_classes < 1:
+        raise GenomeError("num_classes", "must be >= 1")
+    if genome.in_channels < 1:
+        raise GenomeError("input.channels", "must be >= 1")
+    if genome.input_size < family.min_input_size(spec):
+        raise GenomeError("input.size", f"{spec.name} needs at least {family.min_input_size(spec)} pixels, "
+                                        f"got {genome.input_size}")
+    groups = genome.groups
+    missing = [g for g in groups.names if g not in genome.widths]
+    extra = [g for g in genome.widths if g not in groups.members]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if extra:
+            parts.append(f"unknown {_few(extra)}")
+        raise GenomeError("widths", f"{' and '.join(parts)}; {spec.name} at blocks {list(genome.blocks or [])} "
+                                    f"has {len(groups.names)} width groups")
+    for g, w in genome.widths.items():
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise GenomeError(f"widths.{g}", f"must be a positive integer, got {w!r}")
+    slot_w = groups.expand(genome.widths)
+    for slot, limit in family.select_limits(spec, genome.blocks, slot_w).items():
+        if slot_w[slot] > limit:
+            raise GenomeError(f"widths.{groups.slot_group[slot]}",
+                              f"selects {slot_w[slot]} channels but only {limit} exist there")
+    if genome.sparsity:
+        _validate_sparsity(genome, check_mask)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+
+def conv_ops(genome: Genome) -> dict:
+    """Conv ops of a genome by layer name."""
+    from prune_nas.core.cost import ops_of
+
+    return {op.name: op for op in ops_of(genome) if op.kind == "conv"}
+
+
+def _validate_sparsity(genome: Genome, check_mask: bool) -> None:
+    sp = genome.sparsity
+    convs = conv_ops(genome)
+    for name in sp.density:
+        if name not in convs:
+            raise GenomeError(f"sparsity.density.{name}", f"no conv layer of that name in {genome.model}")
+    n_stages = max(op.stage for op in convs.values())
+    for stage in sp.kernel_keep:
+        if not stage.isdigit() or not 1 <= int(stage) <= n_stages:
+            raise GenomeError(f"sparsity.kernel_keep.{stage}", f"stages are 1..{n_stages}")
+    if sp.mask and check_mask:
+        from prune_nas.core.masks import load_masks
+
+        load_masks(genome)  # raises GenomeError on a missing file, wrong hash or wrong shapes
+
+
+# ---- construction helpers ------------------------------------------------------------------------------------
+def base_genome(model: str, num_classes: int | None = None, input_size: int | None = None,
+                in_channels: int | None = None, width_mult: float = 1.0,
+                blocks: tuple[int, ...] | None = None) -> Genome:
+    """The unpruned base model as a genome, optionally with every width scaled by ``width_mult``."""
+    spec = get_spec(model)
+    blocks = tuple(blocks) if blocks is not None else spec.default_blocks
+    groups = width_groups(spec.name, blocks)
+    widths = {g: max(1, int(round(w * width_mult))) for g, w in groups.base_widths().items()}
+    genome = Genome(model=spec.name, widths=widths, num_classes=num_classes or spec.num_classes,
+                    input_size=input_size or spec.input_size, in_channels=in_channels or spec.in_channels,
+                    blocks=blocks, name=spec.name if width_mult == 1.0 else f"{spec.name}-x{width_mult:g}")
+    if width_mult != 1.0:
+        genome = replace(genome, widths=_fit_selects(genome, widths))
+    validate(genome)
+    return genome
+
+
+def _fit_selects(genome: Genome, widths: dict[str, int]) -> dict[str, int]:
+    """Clip selection widths to the channels that exist (rounding can make them overshoot by one)."""
+    family = get_family(genome.family)
+    groups = genome.groups
+    limits = family.select_limits(genome.spec, genome.blocks, groups.expand(widths))
+    out = dict(widths)
+    for slot, limit in limits.items():
+        g = groups.slot_group[slot]
+        out[g] = min(out[g], limit)
+    return out
+
+
+def load_genome(path: str | os.PathLike) -> Genome:
+    """Read and validate a genome file."""
+    from prune_nas.core.userfiles import read_text
+
+    path = Path(path)
+    text = read_text(path, "genome file")
+    try:
+        return Genome.from_json(text, source_dir=path.resolve().parent)
+    except GenomeError as e:
+        raise GenomeError(e.field, f"{e.problem} (in {path})") from None
+
+
+def save_genome(genome: Genome, path: str | os.PathLike) -> Path:
+    """Write a genome atomically (temp file + rename)."""
+    path = Path(path)
+    atomic_write_text(path, genome.to_json() + "\n")
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    from prune_nas.core.atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def random_genome(model: str, rng, min_fraction: float = 0.05, max_fraction: float = 1.0,
+                  **base_kwargs) -> Genome:
+    """A valid genome with every width group at a uniform random fraction of its base width.
+
+    ``rng`` is a ``random.Random`` (or anything with ``.uniform``). Selections are clipped to the channels
+    that exist, so the result always validates.
+    """
+    base = base_genome(model, **base_kwargs)
+    base_w = base.groups.base_widths()
+    widths = {g: max(1, int(round(w * rng.uniform(min_fraction, max_fraction)))) for g, w in base_w.items()}
+    return replace(base, name=None, widths=_fit_selects(base, widths))

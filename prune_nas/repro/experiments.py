@@ -1,0 +1,866 @@
+"""The paper's experiments as declarative specs (``experiments/*.yaml``), runnable at three scales.
+
+A spec names one table or figure of Liu et al. (ICLR 2019): its models, datasets, methods, ratios, budgets and
+seeds, and how to shrink it. ``run_experiment(spec, scale)`` expands it into runs, executes them (finished
+runs are reused from the store, so an interrupted run resumes), and writes a manifest that
+``prune_nas.repro.report`` renders.
+
+Spec format (YAML, ``version: 1``)::
+
+    format: prune-nas.experiment          # optional; if present it must say this
+    version: 1
+    name: table4_slimming                 # output folder: <runs root>/<name>/<scale>/
+    title: Network Slimming, fine-tuned vs trained from scratch
+    paper: Table 4                        # the table / figure of the paper it reproduces
+    kind: comparison                      # comparison | widths | efficiency | kernels | guided
+    description: ...                      # optional, shown in the report
+    method: slimming                      # default method of every row
+    rows:                                 # the paper's rows (used by scales that give no rows)
+      - {dataset: cifar10, model: vgg19, ratio: 0.7,
+         reported: {unpruned: 93.53, finetune: 93.60, scratch-e: 93.30, scratch-b: 93.81}}
+    scales:                               # all three are required
+      paper: {seeds: 5, epochs: 160, finetune_epochs: 40}
+      small: {seeds: 3, epochs: 40, finetune_epochs: 10}
+      smoke: {dataset: digits, width: 0.125, input_size: 16, seeds: 2, epochs: 3, finetune_epochs: 1,
+              rows: [{model: vgg11, ratio: 0.5}]}
+
+Settings may be given at the top level (all scales), in a scale, or in a row; the most specific wins, except
+``dataset`` in a scale, which *forces* every row's dataset (and a guided row's source dataset): that is how
+``smoke`` maps the paper's CIFAR rows onto the embedded digits data. A scale's ``rows`` replace the top-level
+rows. Settings:
+
+==================  ==================================================================================
+``seeds``           number of seeds (0..n-1) or a list of seeds
+``epochs``          base epochs: the large model and Scratch-E (default: 160, ImageNet 90)
+``finetune_epochs`` fine-tuning epochs at lr 0.001 (default 40; the paper uses 20/10/5 on ImageNet)
+``dataset``         digits, synthetic, cifar10, cifar100, imagenet
+``width``           width multiplier of the large model (default 1)
+``input_size``      input resolution (default: the model's, 32 CIFAR / 224 ImageNet)
+``budgets``         comparison columns: any of finetune, scratch-e, scratch-b (default all three)
+``budget``          efficiency / guided curves: scratch-e (default) or scratch-b
+``cap``             Scratch-B cap on the FLOPs ratio: a number, ``none``, or ``imagenet`` (2; the default
+                    on ImageNet)
+``ratios``          efficiency / guided: pruning ratios, one point of each curve per ratio
+``series``          efficiency / guided curves: any of pruned, uniform, guided, transferred
+``source``          guided: ``<model>-<dataset>`` whose pattern is transferred (e.g. vgg16-cifar10)
+``layout``          comparison: ``absolute`` accuracies, or ``relative`` to the unpruned model (Tables 2, 3)
+``note``            a sentence shown under the report's table (e.g. what the scale cannot show)
+==================  ==================================================================================
+
+Row keys: ``model``, ``dataset``, ``method``, ``ratio`` or ``config`` (shortcuts for the method's parameters),
+``params`` (any other method parameter, as ``prune-nas methods`` lists them), ``label`` (how the report names
+the row), ``reported`` (the paper's numbers: unpruned, finetune, scratch-e, scratch-b), and the settings
+``epochs``, ``finetune_epochs``, ``width``, ``input_size``, ``cap``, ``ratios``, ``source``.
+
+Kinds, and the runs each row expands into (per seed):
+
+* ``comparison`` (Tables 1-6): prune (train the large model, or reuse it, then prune), the unpruned model
+  (the large model itself when the method trains it plainly, else a plain training of it), then fine-tune
+  the inherited weights, Scratch-E and Scratch-B of the pruned architecture.
+* ``widths`` (Table 8): prune; then mine the kept widths per layer (``prune_nas.design.mining``).
+* ``kernels`` (Figure 4): prune with a non-structured method; then mine the 3x3 kernel keep maps.
+* ``efficiency`` (Figure 3): per ratio, prune, train the pruned architecture from scratch, and train uniform
+  pruning at the same parameter count (channels: ``baselines.match_params``; weights: the same density in
+  every layer); accuracy vs params.
+* ``guided`` (Figure 5): as ``efficiency``, plus Guided Pruning / Sparsifying (the stage pattern of the
+  pruned runs applied at their size) and the pattern transferred from ``source``
+  (``prune_nas.design.transfer``).
+
+A user error in a spec (unknown key, model, method, dataset, missing scale, bad value) is one line naming the
+file and the field, e.g. ``experiments/x.yaml: scales.smoke.rows[0].model: unknown model 'vgg99'``.
+
+Outputs of ``run_experiment`` in ``<runs root>/<name>/<scale>/`` (runs root: ``$PRUNE_NAS_HOME/runs``, else
+``artifacts/runs``): ``manifest.json`` (written atomically after every run: the spec, the scale, every run's
+key and result, versions, hardware, wall time), ``genomes/`` (pruned, uniform, guided and transferred genomes,
+inherited weights, masks) and ``patterns/`` (mined patterns). Training records live in the store
+(``prune_nas.training.store``), keyed by their run spec, so the same run in two experiments trains once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from prune_nas.core.errors import UserError
+from prune_nas.core.paths import bundled_dir, output_dir
+
+FORMAT = "prune-nas.experiment"
+VERSION = 1
+MANIFEST_FORMAT = "prune-nas.experiment-run"
+MANIFEST_VERSION = 1
+KINDS = ("comparison", "widths", "efficiency", "kernels", "guided")
+SCALES = ("smoke", "small", "paper")
+BUDGETS = ("finetune", "scratch-e", "scratch-b")
+SERIES = ("pruned", "uniform", "guided", "transferred")
+LAYOUTS = ("absolute", "relative")
+
+SETTINGS = ("seeds", "epochs", "finetune_epochs", "dataset", "width", "input_size", "budgets", "budget", "cap", "ratios", "series", "source", "layout", "note")
+TOP_KEYS = ("format", "version", "name", "title", "paper", "kind", "description", "method", "rows", "scales",
+            *SETTINGS)
+SCALE_KEYS = ("rows", *SETTINGS)
+ROW_KEYS = ("model", "dataset", "method", "ratio", "config", "params", "label", "reported", "epochs",
+            "finetune_epochs", "width", "input_size", "cap", "ratios", "source")
+REPORTED_KEYS = ("unpruned", "finetune", "scratch-e", "scratch-b", "widths")
+DEFAULT_SERIES = {"efficiency": ("pruned", "uniform"), "guided": SERIES}
+
+
+def default_runs_root() -> Path:
+    return output_dir("runs")
+
+
+# ---- specs -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One row of a table (or one panel of a figure) at one scale, every setting resolved."""
+
+    index: int
+    model: str
+    dataset: str
+    method: str
+    params: dict  # the method's parameters as given (ratio / config included)
+    label: str
+    seeds: tuple[int, ...]
+    epochs: int
+    finetune_epochs: int
+    width: float = 1.0
+    input_size: int | None = None
+    cap: float | None = None
+    budgets: tuple[str, ...] = BUDGETS
+    budget: str = "scratch-e"
+    ratios: tuple[float, ...] = ()
+    series: tuple[str, ...] = ()
+    source: tuple[str, str] | None = None  # (model, dataset) of a transferred pattern
+    reported: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        r = self.params.get("ratio")
+        return float(r) if r is not None else None
+
+    def base_genome(self, model: str | None = None, dataset: str | None = None):
+        """The (possibly narrow) unpruned model the row prunes: ``width`` x the named model, at the row's input
+        size, with the dataset's classes."""
+        from prune_nas.core.arch import get_spec
+        from prune_nas.training.data import NUM_CLASSES
+        from prune_nas.core.genome import base_genome
+
+        model, dataset = model or self.model, dataset or self.dataset
+        g = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=self.input_size or
+                        get_spec(model).input_size, width_mult=self.width)
+        if self.width != 1.0:  # discover names its narrow references this way; mining finds them by width
+            g = replace(g, name=f"{model}-x{self.width:g}-{dataset}")
+        return g
+
+    def protocol(self):
+        """The large model's and Scratch-E's protocol: the paper's for the dataset, at the row's epochs (what
+        ``discover`` trains the large model with)."""
+        from prune_nas.training.train import Protocol
+
+        return Protocol.for_dataset(self.dataset, epochs=self.epochs)
+
+    def finetune_protocol(self):
+        from prune_nas.training.train import Protocol
+
+        return Protocol.finetune(self.protocol(), epochs=self.finetune_epochs)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("seeds", "budgets", "ratios", "series"):
+            d[k] = list(d[k])
+        d["source"] = "-".join(self.source) if self.source else None
+        return d
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A spec at one scale: its rows and how many runs they expand into."""
+
+    spec: Spec
+    scale: str
+    rows: tuple[Row, ...]
+    layout: str = "absolute"
+    note: str = ""
+
+    def total_runs(self) -> int:
+        return sum(runs_of(self.spec.kind, r) for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "layout": self.layout, "note": self.note,
+                "rows": [r.to_dict() for r in self.rows], "total_runs": self.total_runs()}
+
+
+def runs_of(kind: str, row: Row) -> int:
+    """Units of work a row expands into (each a pruning run or a training run), for the progress bar."""
+    n = len(row.seeds)
+    if kind == "comparison":
+        return n * (2 + len(row.budgets))  # prune, unpruned, budgets
+    if kind in ("widths", "kernels"):
+        return n
+    per_ratio = n * (1 + len(row.series))  # prune, then one training per series
+    if "transferred" in row.series:
+        per_ratio += n  # prune the source model
+    if "uniform" in row.series and _is_sparse(row.method):
+        per_ratio += n  # the uniform masks are a (training-free) pruning run
+    return per_ratio * len(row.ratios)
+
+
+def _is_sparse(method: str) -> bool:
+    return method == "magnitude"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed, validated experiment spec. ``raw`` is the YAML as read."""
+
+    name: str
+    title: str
+    paper: str
+    kind: str
+    description: str
+    path: Path | None
+    raw: dict
+
+    def plan(self, scale: str) -> Plan:
+        if scale not in SCALES:
+            raise UserError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+        return _plan(self, scale)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and validate a spec file (every scale is planned, so a bad value anywhere is found now)."""
+    from prune_nas.core.userfiles import read_yaml
+
+    path = resolve_spec_path(path)
+    raw = read_yaml(path, "experiment spec")
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: Any, path: str | os.PathLike | None = None) -> Spec:
+    where = str(path) if path is not None else "experiment spec"
+
+    def fail(fld: str, problem: str):
+        raise UserError(f"{where}: {fld}: {problem}" if fld else f"{where}: {problem}")
+
+    if not isinstance(raw, dict):
+        fail("", "the spec must be a YAML mapping")
+    _unknown(raw, TOP_KEYS, "", fail)
+    if raw.get("format", FORMAT) != FORMAT:
+        fail("format", f"must be {FORMAT!r}, got {raw['format']!r}")
+    if raw.get("version") != VERSION:
+        fail("version", f"must be {VERSION} (this is prune-nas experiment spec version {VERSION}), "
+                        f"got {raw.get('version')!r}")
+    for key in ("name", "title", "paper", "kind", "scales"):
+        if key not in raw:
+            fail(key, "missing")
+    for key in ("name", "title", "paper"):
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            fail(key, "must be a non-empty string")
+    if not all(c.isalnum() or c in "-_." for c in raw["name"]):
+        fail("name", f"{raw['name']!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    if raw["kind"] not in KINDS:
+        fail("kind", f"unknown kind {raw['kind']!r}; use one of {', '.join(KINDS)}")
+    scales = raw["scales"]
+    if not isinstance(scales, dict):
+        fail("scales", "must be a mapping of smoke, small and paper")
+    _unknown(scales, SCALES, "scales", fail)
+    for s in SCALES:
+        if s not in scales:
+            fail(f"scales.{s}", "missing (every spec has smoke, small and paper scales)")
+        if scales[s] is None:
+            scales[s] = {}
+        if not isinstance(scales[s], dict):
+            fail(f"scales.{s}", "must be a mapping of settings")
+        _unknown(scales[s], SCALE_KEYS, f"scales.{s}", fail)
+    spec = Spec(name=raw["name"], title=raw["title"].strip(), paper=raw["paper"].strip(), kind=raw["kind"],
+                description=str(raw.get("description") or "").strip(), path=Path(path) if path else None,
+                raw=raw)
+    for s in SCALES:
+        _plan(spec, s)
+    return spec
+
+
+def _unknown(d: dict, allowed: Sequence[str], at: str, fail) -> None:
+    import difflib
+
+    for k in d:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            fail(f"{at}.{k}" if at else str(k), f"unknown key{hint}; allowed: {', '.join(allowed)}")
+
+
+def _plan(spec: Spec, scale: str) -> Plan:
+    raw = spec.raw
+    where = str(spec.path) if spec.path else "experiment spec"
+
+    def fail(fld: str, problem: str):
+        raise UserError(f"{where}: {fld}: {problem}")
+
+    sc = raw["scales"][scale] or {}
+    rows_raw, rows_at = (sc["rows"], f"scales.{scale}.rows") if "rows" in sc else (raw.get("rows"), "rows")
+    if not isinstance(rows_raw, list) or not rows_raw:
+        fail(rows_at, f"needs at least one row (at the top level or in scales.{scale})")
+    layout = _pick("layout", sc, raw, "absolute")
+    if layout not in LAYOUTS:
+        fail(f"scales.{scale}.layout" if "layout" in sc else "layout", f"use one of {', '.join(LAYOUTS)}")
+    rows = []
+    for i, r in enumerate(rows_raw):
+        at = f"{rows_at}[{i}]"
+        if not isinstance(r, dict):
+            fail(at, "a row must be a mapping (model, method, ratio, ...)")
+        _unknown(r, ROW_KEYS, at, fail)
+        rows.append(_row(spec, scale, i, r, sc, at, fail))
+    return Plan(spec, scale, tuple(rows), layout, str(_pick("note", sc, raw, "") or ""))
+
+
+def _pick(key: str, sc: dict, raw: dict, default=None, row: dict | None = None):
+    for d in (row or {}, sc, raw):
+        if key in d and d[key] is not None:
+            return d[key]
+    return default
+
+
+def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -> Row:
+    from prune_nas.core.arch import MODELS, get_spec
+    from prune_nas.training.data import NUM_CLASSES
+
+    raw = spec.raw
+
+    def field_of(key: str) -> str:
+        if key in r:
+            return f"{at}.{key}"
+        if key in sc:
+            return f"scales.{scale}.{key}"
+        return key
+
+    def get(key: str, default=None):
+        if key == "dataset" and sc.get("dataset") is not None:  # a scale's dataset forces every row's
+            return sc["dataset"]
+        return _pick(key, sc, raw, default, r)
+
+    model = r.get("model")
+    if not isinstance(model, str):
+        fail(f"{at}.model", "missing (every row names a model)")
+    if model not in MODELS:
+        try:
+            get_spec(model)
+        except UserError as e:
+            fail(f"{at}.model", str(e))
+    dataset = get("dataset")
+    if dataset is None:
+        fail(f"{at}.dataset", "missing (give it in the row, the scale or at the top level)")
+    if dataset not in NUM_CLASSES:
+        fail(field_of("dataset"), f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
+    method_name = get("method")
+    if method_name is None:
+        fail(f"{at}.method", "missing (give it in the row or at the top level)")
+    from prune_nas.methods import get_method
+
+    try:
+        method = get_method(method_name)
+    except UserError as e:
+        fail(field_of("method"), str(e))
+    params = dict(r.get("params") or {})
+    if not isinstance(r.get("params") or {}, dict):
+        fail(f"{at}.params", "must be a mapping of method parameters")
+    for key in ("ratio", "config"):
+        if key in r:
+            params[key] = r[key]
+    known = [p.name for p in method.params]
+    for k in params:
+        if k not in known:
+            fail(f"{at}.params.{k}" if k not in ("ratio", "config") else f"{at}.{k}",
+                 f"method {method.name!r} has no parameter {k!r} (it takes: {', '.join(known) or 'none'})")
+
+    def number(key, kind, default=None, positive=True):
+        v = get(key, default)
+        if v is None:
+            return None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+        if not ok or (positive and v <= 0):
+            fail(field_of(key), f"must be a positive {'integer' if kind is int else 'number'}, got {v!r}")
+        return kind(v)
+
+    seeds_v = get("seeds", 1)
+    if isinstance(seeds_v, bool) or not (isinstance(seeds_v, int) and seeds_v >= 1 or isinstance(seeds_v, list)
+                                         and seeds_v and all(isinstance(s, int) and s >= 0 for s in seeds_v)):
+        fail(field_of("seeds"), f"a number of seeds (>= 1) or a list of seeds (>= 0), got {seeds_v!r}")
+    seeds = tuple(range(seeds_v)) if isinstance(seeds_v, int) else tuple(dict.fromkeys(seeds_v))
+    default_epochs = 90 if dataset == "imagenet" else 160
+    epochs = number("epochs", int, default_epochs)
+    finetune_epochs = number("finetune_epochs", int, 40)
+    width = number("width", float, 1.0)
+    input_size = number("input_size", int)
+    cap_v = get("cap", "imagenet" if dataset == "imagenet" else None)
+    if isinstance(cap_v, str) and cap_v.lower() in ("none", "imagenet"):
+        from prune_nas.training.train import IMAGENET_RATIO_CAP
+
+        cap = IMAGENET_RATIO_CAP if cap_v.lower() == "imagenet" else None
+    elif cap_v is None:
+        cap = None
+    else:
+        cap = number("cap", float)
+    budgets = get("budgets", list(BUDGETS))
+    if not isinstance(budgets, list) or not budgets or any(b not in BUDGETS for b in budgets):
+        fail(field_of("budgets"), f"a list of {', '.join(BUDGETS)}, got {budgets!r}")
+    budget = get("budget", "scratch-e")
+    if budget not in ("scratch-e", "scratch-b"):
+        fail(field_of("budget"), f"scratch-e or scratch-b, got {budget!r}")
+    kind = spec.kind
+    ratios: tuple[float, ...] = ()
+    series: tuple[str, ...] = ()
+    source = None
+    if kind in ("efficiency", "guided"):
+        rv = get("ratios")
+        if not isinstance(rv, list) or not rv:
+            fail(field_of("ratios"), f"a {kind} row needs a list of pruning ratios")
+        for v in rv:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                fail(field_of("ratios"), f"ratios must be in (0, 1), got {v!r}")
+        ratios = tuple(float(v) for v in rv)
+        if "ratio" in params:
+            fail(f"{at}.ratio", f"a {kind} row takes ratios (a list), not ratio")
+        sv = get("series", list(DEFAULT_SERIES[kind]))
+        if not isinstance(sv, list) or not sv or any(s not in SERIES for s in sv) or "pruned" not in sv:
+            fail(field_of("series"), f"a list of {', '.join(SERIES)} that includes pruned, got {sv!r}")
+        series = tuple(s for s in SERIES if s in sv)
+        if "transferred" in series:
+            src = get("source")
+            if not isinstance(src, str):
+                fail(field_of("source"), "the transferred series needs source: <model>-<dataset>")
+            from prune_nas.design.transfer import parse_name
+
+            try:
+                s_model, s_dataset = parse_name(src)
+            except UserError as e:
+                fail(field_of("source"), str(e))
+            if sc.get("dataset") is not None:
+                s_dataset = sc["dataset"]
+            source = (s_model, s_dataset)
+    elif kind in ("widths", "kernels", "comparison"):
+        for key in ("ratios", "series", "source"):
+            if key in r:
+                fail(f"{at}.{key}", f"only efficiency and guided rows take {key}")
+    if kind == "kernels" and not _is_sparse(method.name):
+        fail(field_of("method"), "a kernels experiment needs a non-structured method (magnitude)")
+    if kind == "comparison" and not method.needs_training:
+        fail(field_of("method"), f"{method.name} inherits no weights, so it has no fine-tuned column")
+    reported = r.get("reported") or {}
+    if not isinstance(reported, dict) or any(k not in REPORTED_KEYS for k in reported):
+        fail(f"{at}.reported", f"a mapping of {', '.join(REPORTED_KEYS)} to the paper's numbers")
+    label = r.get("label")
+    if label is not None and not isinstance(label, str):
+        fail(f"{at}.label", "must be a string")
+    row = Row(index=index, model=model, dataset=dataset, method=method.name, params=params,
+              label=label or _label(method.name, params), seeds=seeds, epochs=epochs,
+              finetune_epochs=finetune_epochs, width=width, input_size=input_size,
+              cap=cap, budgets=tuple(b for b in BUDGETS if b in budgets), budget=budget, ratios=ratios,
+              series=series, source=source, reported=dict(reported))
+    # The deep checks: the model builds at this input size, and the method accepts it with these parameters.
+    try:
+        base = row.base_genome()
+        if source is not None:
+            row.base_genome(*source)
+        for ratio in ratios or (None,):
+            p = {**params, **({"ratio": ratio} if ratio is not None else {})}
+            method.check(base, **p)
+    except UserError as e:
+        fail(at, str(e))
+    return row
+
+
+def _label(method: str, params: dict) -> str:
+    if params.get("config"):
+        return str(params["config"])
+    if params.get("ratio") is not None:
+        return f"{100 * float(params['ratio']):g}%"
+    return method
+
+
+# ---- running -----------------------------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    plan: Plan
+    out: Path
+    store: Any
+    device: str
+    progress: bool
+    data_dir: Any
+    download: bool
+    retry_failed: bool
+    log: Callable[[str], None]
+    manifest: dict
+    engine: Any = "eager"
+    bar: Any = None
+    datasets: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def dataset(self, name: str, genome):
+        from prune_nas.training.data import load_dataset
+
+        key = (name, genome.input_size, genome.in_channels)
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(name, data_dir=self.data_dir, download=self.download,
+                                              input_size=genome.input_size, in_channels=genome.in_channels)
+        return self.datasets[key]
+
+    def step(self, entry: dict) -> None:
+        """Record one finished unit of work, save the manifest, advance the bar."""
+        self.manifest["runs"].append(entry)
+        done = len(self.manifest["runs"])
+        self.manifest["progress"] = {"done": done, "total": self.manifest["progress"]["total"],
+                                     "reused": sum(1 for e in self.manifest["runs"] if e.get("reused"))}
+        self.save()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{entry['role']} {entry.get('genome') or ''} s{entry.get('seed')}"[:60])
+
+    def save(self, status: str | None = None) -> None:
+        from prune_nas.core.genome import atomic_write_text
+
+        if status is not None:
+            self.manifest["status"] = status
+        self.manifest["wall_time_s"] = round(self.manifest.get("previous_wall_time_s", 0.0)
+                                             + time.perf_counter() - self.started, 2)
+        self.manifest["compute_time_s"] = round(sum(float(e.get("wall_time_s") or 0) for e in self.manifest["runs"]
+                                                    if not e.get("reused")), 2)
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_text(self.out / "manifest.json", json.dumps(self.manifest, indent=1, default=_json) + "\n")
+
+
+def _json(o):
+    if isinstance(o, Path):
+        return o.as_posix()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def hardware(device: str = "cpu") -> dict:
+    """What ran the experiment: device name (CPU model and cores, or the GPU), torch threads, platform."""
+    import torch
+
+    from prune_nas.training.train import _device_name
+
+    return {"device": _device_name(device), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    from prune_nas.core.version import __version__
+
+    return {"prune_nas": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def run_dir(spec: Spec, scale: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root if root is not None else default_runs_root()) / spec.name / scale
+
+
+def run_experiment(spec: Spec | str | os.PathLike, scale: str = "smoke", *, runs_root=None, store=None,
+                   device: str = "cpu", progress: bool = True, data_dir=None, download: bool = False,
+                   retry_failed: bool = False, engine: Any = "eager",
+                   log: Callable[[str], None] | None = None) -> Path:
+    """Run every run of ``spec`` at ``scale``; returns the manifest path.
+
+    Finished training runs come from the store and finished pruning runs from ``genomes/`` (when their
+    settings match), so running again after an interruption resumes where it stopped. ``engine`` is the
+    training engine of the training runs (``prune_nas.training.train.run``: "eager" or "fast"); it is recorded, not
+    part of the runs' keys.
+    """
+    from tqdm.auto import tqdm
+
+    from prune_nas.training.store import Store
+
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    plan = spec.plan(scale)
+    store = store if store is not None else Store()
+    if not hasattr(store, "root"):
+        store = Store(store)
+    out = run_dir(spec, scale, runs_root)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_manifest(out / "manifest.json")
+    log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "status": "running",
+        "spec": {"name": spec.name, "title": spec.title, "paper": spec.paper, "kind": spec.kind,
+                 "description": spec.description, "file": spec.path.as_posix() if spec.path else None,
+                 "sha256": spec.sha256(), "raw": spec.raw},
+        "scale": scale, "plan": plan.to_dict(), "store": str(Path(store.root).resolve()),
+        "progress": {"done": 0, "total": plan.total_runs(), "reused": 0}, "runs": [], "patterns": [],
+        "versions": versions(), "hardware": hardware(device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "previous_wall_time_s": previous.get("wall_time_s", 0.0) if previous.get("spec", {}).get("sha256")
+        == spec.sha256() else 0.0,
+    }
+    ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest, engine)
+    ctx.save()
+    bar = tqdm(total=plan.total_runs(), desc=f"{spec.name} [{scale}]", unit="run", dynamic_ncols=True,
+               disable=None if progress else True, position=0)
+    ctx.bar = bar
+    runner = {"comparison": _run_comparison, "widths": _run_patterns, "kernels": _run_patterns,
+              "efficiency": _run_curves, "guided": _run_curves}[spec.kind]
+    try:
+        for row in plan.rows:
+            runner(ctx, row)
+    except KeyboardInterrupt:
+        ctx.save("interrupted")
+        raise
+    except BaseException:
+        ctx.save("failed")
+        raise
+    finally:
+        bar.close()
+    manifest.pop("previous_wall_time_s", None)
+    ctx.save("complete")
+    return out / "manifest.json"
+
+
+def _previous_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# ---- units of work ----------------------------------------------------------------------------------------------
+def _hash(d: dict) -> str:
+    from prune_nas.core.genome import _hash as h
+
+    return h(json.loads(json.dumps(d, default=_json)))
+
+
+def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, params: dict | None = None,
+          model: str | None = None, dataset: str | None = None, role: str = "prune", ratio: float | None = None
+          ) -> dict:
+    """One pruning run through the methods' discover pipeline (``prune_nas.design.discover.discover``):
+    train (or reuse) the large model, prune it, write the genome (+ inherited weights, masks) into
+    ``genomes/``. A genome already there from the same settings is reused without pruning again (a
+    ``<name>.run.json`` beside it records the settings' hash). Returns the manifest entry."""
+    from prune_nas.core.genome import atomic_write_text, load_genome
+    from prune_nas.methods import get_method
+    from prune_nas.design.discover import discover, method_params, regularizer, run_name
+
+    m = get_method(method or row.method)
+    model, dataset = model or row.model, dataset or row.dataset
+    given = dict(params if params is not None else row.params)
+    full = method_params(m, given)
+    if "seed" in full and given.get("seed") is None:
+        full["seed"] = seed
+    base = row.base_genome(model, dataset)
+    protocol = replace(row, dataset=dataset).protocol()
+    folder = ctx.out / "genomes"
+    name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
+                    input_size=base.input_size)
+    path, side = folder / f"{name}.json", folder / f"{name}.run.json"
+    key = _hash({"base": base.arch_dict(), "dataset": dataset, "protocol": protocol.to_dict(), "method": m.name,
+                 "params": full, "seed": seed})
+    entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio if ratio is not None else full.get("ratio"),
+             "method": m.name, "model": model, "dataset": dataset, "genome": name, "key": key,
+             "genome_file": path.relative_to(ctx.out).as_posix()}
+    old = _previous_manifest(side)
+    if path.exists() and old.get("key") == key:
+        return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True, wall=old.get("wall_time_s", 0.0))
+    d = discover(m.name, model=model, dataset=dataset, seed=seed, width=row.width, epochs=row.epochs,
+                 input_size=row.input_size, params=given, device=ctx.device, data_dir=ctx.data_dir,
+                 download=ctx.download, out_dir=folder, store_root=ctx.store.root, progress=ctx.progress,
+                 log=ctx.log)
+    if d.path.resolve() != path.resolve():  # the name is discover's own run_name; a mismatch is a bug here
+        raise RuntimeError(f"discover wrote {d.path}, expected {path}")
+    large = dict(d.large) if d.large else None
+    if large is not None and regularizer(m, d.base, full) is None:
+        large["plain"] = True  # trained without a regularizer: it is the unpruned model
+    info = {"key": key, "large": large, "notes": d.notes, "wall_time_s": d.wall_time_s}
+    atomic_write_text(side, json.dumps(info, indent=1, default=_json) + "\n")
+    return _finish_prune(ctx, entry, load_genome(path), base, info, reused=False, wall=d.wall_time_s)
+
+
+def _finish_prune(ctx, entry, genome, base, info, *, reused: bool, wall: float) -> dict:
+    from prune_nas.core.cost import count
+
+    c, b = count(genome), count(base)
+    entry.update({"params": c.params, "flops": c.flops, "base_params": b.params, "base_flops": b.flops,
+                  "large": info.get("large"), "notes": info.get("notes", []), "reused": reused,
+                  "wall_time_s": wall, "status": "ok"})
+    entry["_genome"] = genome  # in memory only (dropped before the manifest is written)
+    ctx.step({k: v for k, v in entry.items() if k != "_genome"})
+    return entry
+
+
+def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str, dataset: str | None = None,
+          reference=None, ratio: float | None = None, extra: dict | None = None) -> dict:
+    """One training run (``prune_nas.training.train.run``), reused from the store when it already ran."""
+    from prune_nas.training.train import Budget, RunSpec, run
+
+    dataset = dataset or row.dataset
+    if budget == "finetune":
+        protocol, b, init = row.finetune_protocol(), Budget("epochs"), "finetune"
+    elif budget == "scratch-b":
+        protocol, b, init = row.protocol(), Budget("flops", reference=reference, cap=row.cap), "scratch"
+    else:
+        protocol, b, init = row.protocol(), Budget("epochs"), "scratch"
+    spec = RunSpec(genome, dataset, protocol, b, seed, init)
+    found = ctx.store.get(spec.key)
+    reused = found is not None and (found.get("status") == "ok" or not ctx.retry_failed)
+    data = None if reused else ctx.dataset(dataset, genome)
+    rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
+              retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
+    entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget,
+             "genome": genome.name or genome.key, "key": rec["key"], "store": "runs", "status": rec["status"],
+             "reason": rec.get("reason"), "final_top1": rec.get("final_top1"), "best_top1": rec.get("best_top1"),
+             "final_top5": rec.get("final_top5"), "epochs": rec.get("epochs"), "params": rec.get("params"),
+             "flops": rec.get("flops"), "wall_time_s": rec.get("wall_time_s"), "device": rec.get("device"),
+             "reused": reused, **(extra or {})}
+    ctx.step(entry)
+    return entry
+
+
+def _run_comparison(ctx: _Context, row: Row) -> None:
+    from prune_nas.methods import get_method
+    from prune_nas.design.discover import regularizer
+
+    base = row.base_genome()
+    plain = regularizer(get_method(row.method), base, dict(row.params)) is None
+    for seed in row.seeds:
+        p = prune(ctx, row, seed)
+        genome = p["_genome"]
+        large = p.get("large") or {}
+        if plain and large.get("test_top1") is not None:
+            # The large model was trained plainly under the row's protocol: it is the unpruned model.
+            ctx.step({"role": "unpruned", "row": row.index, "seed": seed, "genome": base.name or row.model,
+                      "key": large.get("key"), "store": "large", "status": "ok", "final_top1": large["test_top1"],
+                      "epochs": large.get("epochs"), "params": p["base_params"], "flops": p["base_flops"],
+                      "wall_time_s": large.get("wall_time_s"), "reused": True})
+        else:
+            train(ctx, row, base, role="unpruned", seed=seed, budget="scratch-e")
+        for budget in row.budgets:
+            train(ctx, row, genome, role=budget, seed=seed, budget=budget, reference=base)
+
+
+def _run_patterns(ctx: _Context, row: Row) -> None:
+    from prune_nas.design.mining import figure_paths, mine_genomes, save_pattern
+
+    entries = [prune(ctx, row, seed) for seed in row.seeds]
+    pattern = mine_genomes([e["_genome"] for e in entries], [str(ctx.out / e["genome_file"]) for e in entries])
+    path = ctx.out / "patterns" / f"row{row.index}-{pattern.label()}.pattern.json"
+    save_pattern(pattern, path)
+    ctx.manifest["patterns"].append({"row": row.index, "role": "pattern", "ratio": row.ratio,
+                                     "file": path.relative_to(ctx.out).as_posix(),
+                                     "figures": {k: v.relative_to(ctx.out).as_posix()
+                                                 for k, v in figure_paths(path).items()}})
+    ctx.save()
+
+
+def _run_curves(ctx: _Context, row: Row) -> None:
+    """Efficiency / guided rows: per ratio, the pruned runs and the architectures they are compared with."""
+    from prune_nas.core.cost import count
+    from prune_nas.methods.baselines import match_params
+
+    base = row.base_genome()
+    ref_params = count(base).params
+    sparse = _is_sparse(row.method)
+    for ratio in row.ratios:
+        params = {**row.params, "ratio": ratio}
+        pruned = [prune(ctx, row, seed, params=params, ratio=ratio) for seed in row.seeds]
+        mean_params = statistics.fmean(e["params"] for e in pruned)
+        size = min(1.0, mean_params / ref_params)
+        designs: dict[str, Any] = {}
+        if "guided" in row.series:
+            designs["guided"] = _design(ctx, row, ratio, pruned, base, size, "guided")
+        if "transferred" in row.series:
+            s_model, s_dataset = row.source
+            src = [prune(ctx, row, seed, params=params, model=s_model, dataset=s_dataset, role="prune-source",
+                         ratio=ratio) for seed in row.seeds]
+            designs["transferred"] = _design(ctx, row, ratio, src, base, size, "transferred")
+        for seed, p in zip(row.seeds, pruned):
+            train(ctx, row, p["_genome"], role="pruned", seed=seed, budget=row.budget, reference=base, ratio=ratio)
+        if "uniform" in row.series:
+            if sparse:
+                for seed in row.seeds:
+                    u = prune(ctx, row, seed, method="uniform", params={"ratio": ratio, "sparsity": True},
+                              role="prune-uniform", ratio=ratio)
+                    train(ctx, row, u["_genome"], role="uniform", seed=seed, budget=row.budget, reference=base,
+                          ratio=ratio)
+            else:
+                u = match_params(base, round(mean_params))
+                u = u.replace(name=f"{base.name or row.model}-uniform-p{u.key[:6]}",
+                              provenance={"method": "uniform", "matched_params": round(mean_params)})
+                for seed in row.seeds:
+                    train(ctx, row, u, role="uniform", seed=seed, budget=row.budget, reference=base, ratio=ratio)
+        for kind_, g in designs.items():
+            for seed in row.seeds:
+                train(ctx, row, g, role=kind_, seed=seed, budget=row.budget, reference=base, ratio=ratio,
+                      extra={"size": size})
+
+
+def _design(ctx: _Context, row: Row, ratio: float, runs: list[dict], target, size: float, kind: str):
+    """Mine the pattern of ``runs`` and build the guided (or transferred) genome of ``target`` at ``size``."""
+    from prune_nas.design.mining import mine_genomes, save_pattern
+    from prune_nas.design.transfer import generate
+
+    pattern = mine_genomes([e["_genome"] for e in runs], [str(ctx.out / e["genome_file"]) for e in runs])
+    stem = f"row{row.index}-{kind}-{pattern.label()}-r{ratio:g}"
+    ppath = ctx.out / "patterns" / f"{stem}.pattern.json"
+    save_pattern(pattern, ppath)
+    ((path, genome, info),) = generate(pattern, target, [size], ctx.out / "genomes", stem,
+                                       sparse=_is_sparse(row.method), by="params", seed=0, kind=kind,
+                                       pattern_file=ppath.relative_to(ctx.out).as_posix())
+    ctx.manifest["patterns"].append({"row": row.index, "role": kind, "ratio": ratio,
+                                     "file": ppath.relative_to(ctx.out).as_posix(),
+                                     "genome_file": path.relative_to(ctx.out).as_posix(),
+                                     "size": size, "achieved": info.get("achieved")})
+    ctx.save()
+    return genome
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """A run folder's manifest (``path`` is the folder or the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no experiment results at {path} (run `prune-nas run <spec> --scale ...` first)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if m.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path} is not a prune-nas experiment manifest")
+    if m.get("version") != MANIFEST_VERSION:
+        raise UserError(f"{path}: manifest version {m.get('version')!r} is not supported (this is "
+                        f"{MANIFEST_VERSION})")
+    return m
+
+
+def spec_files(folder: str | os.PathLike | None = None) -> list[Path]:
+    """The spec files in ``folder`` (default: the specs shipped with the package)."""
+    return sorted(Path(folder if folder is not None else bundled_dir("experiments")).glob("*.yaml"))
+
+
+def resolve_spec_path(ref: str | os.PathLike) -> Path:
+    """A spec file path as given, else a bundled spec by name (``table4_slimming``)."""
+    path = Path(ref)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) != 1:
+        return path
+    bundled = bundled_dir("experiments") / f"{path.name}.yaml"
+    if bundled.is_file():
+        return bundled
+    known = ", ".join(p.stem for p in spec_files())
+    raise UserError(f"{str(ref)!r} is not a spec file or a bundled spec name (bundled: {known})")

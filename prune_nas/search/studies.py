@@ -1,0 +1,662 @@
+"""Architecture search with Optuna over a declared space (``spaces.py``): the only module that imports optuna.
+
+One **trial** is one candidate genome x budget x seed, trained from scratch by the training engine
+(``train.run``, so every run is stored under its spec's hash and reused when asked for again). A space with
+``seeds: k`` runs each sampled candidate as k trials: seed 0 is sampled, seeds 1..k-1 are enqueued with the
+same parameters when seed 0 finishes. Each trial keeps, as user attributes, readable by Optuna's own tools
+(``optuna trials``, ``optuna-dashboard``): ``origin`` (sampled, ``seed:<genome>``, ``uniform:r<ratio>``),
+``seed``, ``genome_key``, ``genome_name``, ``genome`` (the JSON), ``budget``, ``epochs``, ``params``,
+``flops``, ``run_key``, ``result`` (path of the run record), then ``accuracy``, ``best_accuracy``,
+``reused``, ``wall_time_s``, and on failure ``fail_reason``.
+
+Seeding: the genomes a space names (pruning methods' outputs, mined and transferred designs, library names)
+and uniform pruning at the listed ratios are enqueued before any sampling, with the genome in the trial's
+user attributes (what trains is exactly that genome) and its projection onto the space as the trial's
+parameters (what the sampler learns from), so pruning-found architectures compete with searched ones under
+the same budget, seeds and training.
+
+Objectives: accuracy (final test top-1) with FLOPs / params constraints (``trial.set_constraint``; TPE ranks
+infeasible candidates last; an infeasible candidate is costed, marked ``infeasible`` and never trained), or
+two objectives (accuracy up, FLOPs or params down) whose Pareto front :func:`summarize` reports. Single-
+objective studies stop weak trials early (Optuna calls this "pruning"; here it is **early stopping**, to keep
+"pruning" for networks): each epoch's test accuracy is reported and Optuna's median rule decides.
+
+Storage: by default one SQLite file per study, ``$PRUNE_NAS_HOME/studies/<name>.db`` (else
+``artifacts/studies/``); any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``) for
+several workers; PostgreSQL is the supported multi-machine setup. RDB storages run Optuna's heartbeat: a
+worker killed mid-trial (SIGKILL included) stops beating, the next worker that looks (every worker looks
+before each trial and while it waits for the last ones) marks that trial failed and enqueues a retry with the
+same parameters and attributes; the retry reuses the stored result if the training had finished. A trial that
+any other error interrupts (Ctrl-C, SIGTERM, a missing dataset) is re-enqueued the same way before the worker
+exits. Optuna's journal files (a path ending in ``.log`` / ``.journal``) work too but have no heartbeat, so a
+SIGKILLed trial there stays RUNNING. Optuna hands each waiting or new trial to exactly one worker, so no trial
+trains twice; a worker stops when the study has ``trials`` settled trials (completed, stopped early or failed
+with a reason; infeasible ones do not count) and none waiting or running.
+
+>>> import tempfile
+>>> from prune_nas.search.spaces import Space
+>>> space = Space.from_dict({"name": "doc", "model": "vgg11", "width": 0.125, "dataset": "synthetic",
+...     "input_size": 16, "budget": {"epochs": 1}, "objective": {"maximize": "accuracy", "max_flops": 0.5},
+...     "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}}, "uniform": [0.9]})
+>>> study = create_study(space, storage=f"sqlite:///{tempfile.mkdtemp()}/doc.db", trials=1, log=print)
+enqueued 1 seed trial(s) (genomes x 1 seed(s)); they run first
+>>> work(study, space, trials=1, store=tempfile.mkdtemp(), progress=False, log=lambda s: None) >= 1
+True
+>>> study.trials[0].user_attrs["origin"], study.trials[0].state.name
+('uniform:r0.9', 'COMPLETE')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import optuna
+from optuna.trial import TrialState
+
+from prune_nas.core.errors import UserError
+from prune_nas.search.spaces import Space
+from prune_nas.core.paths import output_dir
+
+if TYPE_CHECKING:
+    from prune_nas.core.genome import Genome
+    from prune_nas.training.store import Store
+
+STUDY_FORMAT = "prune-nas.study"
+STUDY_VERSION = 1
+MAX_RETRY = 3  # a trial interrupted this many times is left failed
+HEARTBEAT_S = 10
+__all__ = ["STUDY_FORMAT", "Counts", "TrainingFailed", "counts", "create_study", "default_storage_url",
+           "load_study", "open_storage", "search", "seed_genomes", "storage_url", "summarize", "work",
+           "worker"]
+
+
+class TrainingFailed(Exception):
+    """The run failed (e.g. non-finite loss): the trial is recorded as failed with the reason; the study goes
+    on."""
+
+
+# ---- storage ---------------------------------------------------------------------------------------------
+def default_storage_dir() -> Path:
+    return output_dir("studies")
+
+
+def default_storage_url(name: str) -> str:
+    return f"sqlite:///{(default_storage_dir() / f'{name}.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str | None, name: str, *, create: bool = False, heartbeat: int = HEARTBEAT_S,
+                 grace: int | None = None) -> optuna.storages.BaseStorage:
+    """Optuna storage for ``url`` (default: the study's SQLite file under ``artifacts/studies/``).
+
+    RDB storages get a heartbeat every ``heartbeat`` seconds; a RUNNING trial silent for ``grace`` seconds
+    (default 3 x heartbeat) is failed and retried (up to :data:`MAX_RETRY` times)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url is None:
+        path = default_storage_dir() / f"{name}.db"
+        if not create and not path.exists():
+            raise UserError(f"no study {name!r} in {path} (start one with `prune-nas search`, or pass "
+                            "--storage with the URL it was created with)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path.resolve()}"
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        if not create and not Path(url).exists():
+            raise UserError(f"no journal file {url}")
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    if "://" not in url:
+        if not url.endswith((".db", ".sqlite", ".sqlite3")):
+            raise UserError(f"--storage {url!r}: give an Optuna storage URL (sqlite:///path.db, "
+                            "postgresql://user@host/db) or a .db / .log file path")
+        if not create and not Path(url).exists():
+            raise UserError(f"no study database {url}")
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(url).resolve()}"
+    url = storage_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # several local workers: wait for the file lock
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat arguments are marked experimental
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=int(heartbeat),
+                grace_period=int(grace or 3 * heartbeat),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
+        except ImportError as e:
+            raise UserError(f"cannot open {redact(url)}: {e} (PostgreSQL needs `pip install "
+                            "'prune-nas[postgres]'`)") from None
+        except Exception as e:  # sqlalchemy errors: bad URL, server down, no such database
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot open storage {redact(url)}: {first}") from None
+
+
+def storage_url(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, while the
+    ``postgres`` extra installs psycopg2; an explicit ``postgresql+driver://`` is left alone. (Optuna's own
+    CLI and optuna-dashboard do not rewrite: give them ``postgresql+psycopg2://...``.)"""
+    m = re.match(r"postgres(ql)?://", url)
+    if not m:
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[m.end():]
+    return "postgresql://" + url[m.end():]
+
+
+def _canonical(d: dict) -> dict:
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+# ---- studies ---------------------------------------------------------------------------------------------
+def make_sampler(space: Space, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    kind = space.sampler.get("kind", "tpe")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.sampler.get("startup_trials", 10))
+
+
+def make_early_stopping(space: Space) -> optuna.pruners.BasePruner:
+    """Optuna's median rule ("pruner" in Optuna's words): stop a trial whose best accuracy so far is below the
+    median of earlier trials at the same epoch. Off for multi-objective studies."""
+    es = space.early_stopping
+    if not es or space.objective.multi:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=es["startup_trials"],
+                                       n_warmup_steps=es["warmup_epochs"])
+
+
+def create_study(space: Space, storage: str | optuna.storages.BaseStorage | None = None, *, trials: int,
+                 study_name: str | None = None, heartbeat: int = HEARTBEAT_S, grace: int | None = None,
+                 sampler_seed: int | None = None, enqueue: bool = True,
+                 log: Callable[[str], None] = print) -> optuna.Study:
+    """Create the study for ``space`` (or load it when it exists with the same space), store the space and
+    the target number of trials in its user attributes, and enqueue the seed genomes (once)."""
+    from prune_nas.core.version import __version__
+
+    name = study_name or space.name
+    st = storage if isinstance(storage, optuna.storages.BaseStorage) else \
+        open_storage(storage, name, create=True, heartbeat=heartbeat, grace=grace)
+    seed = space.sampler.get("seed") if sampler_seed is None else sampler_seed
+    study = optuna.create_study(study_name=name, storage=st, directions=space.objective.directions,
+                                sampler=make_sampler(space, seed), pruner=make_early_stopping(space),
+                                load_if_exists=True)
+    stored = study.user_attrs.get("space")
+    mine = _canonical(space.to_dict())
+    if stored is not None and _canonical(stored) != mine:
+        diff = next((k for k in mine if mine.get(k) != _canonical(stored).get(k)), "?")
+        raise UserError(f"study {name!r} already exists with a different search space (field {diff!r} "
+                        "differs); give another --study name, or join it with `prune-nas worker`")
+    if stored is None:
+        study.set_user_attr("space", mine)
+        study.set_user_attr("format", STUDY_FORMAT)
+        study.set_user_attr("version", STUDY_VERSION)
+        study.set_user_attr("prune_nas", __version__)
+        study.set_user_attr("source", space.source)
+    study.set_user_attr("trials", int(trials))
+    if enqueue:
+        n = enqueue_seeds(study, space, log=log)
+        if n:
+            log(f"enqueued {n} seed trial(s) (genomes x {space.seeds} seed(s)); they run first")
+    return study
+
+
+def load_study(name: str, storage: str | None = None, *, heartbeat: int = HEARTBEAT_S,
+               grace: int | None = None, sampler_seed: int | None = None) -> tuple[optuna.Study, Space]:
+    """An existing study and its space (read from the study, so no file is needed)."""
+    st = open_storage(storage, name, heartbeat=heartbeat, grace=grace)
+    try:
+        summary = optuna.load_study(study_name=name, storage=st, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+        raise UserError(f"no study {name!r} in {redact(storage or default_storage_url(name))}"
+                        + (f" (it has: {', '.join(names)})" if names else "")) from None
+    raw = summary.user_attrs.get("space")
+    if raw is None:
+        raise UserError(f"study {name!r} was not created by prune-nas (no search space in its attributes)")
+    space = Space.from_dict(raw, where=f"study {name}")
+    study = optuna.load_study(study_name=name, storage=st, sampler=make_sampler(space, sampler_seed),
+                              pruner=make_early_stopping(space))
+    return study, space
+
+
+# ---- seed genomes ----------------------------------------------------------------------------------------
+def _resolve_refs(ref: str, rel: Path | None) -> list[tuple["Genome", str]]:
+    import glob
+
+    from prune_nas.core.genome import load_genome
+    from prune_nas.core.library import LIBRARY_DIR, resolve_genome
+    from prune_nas.core.paths import output_dir
+
+    # Relative paths: from the working folder, then the space file's folder.
+    bases = [Path.cwd()] + ([rel] if rel is not None else [])
+    if not any(c in ref for c in "*?["):
+        p = Path(ref)
+        for b in bases[1:]:
+            if not p.is_absolute() and not p.exists() and (b / p).exists():
+                return [(load_genome(b / p), ref)]
+        return [(resolve_genome(ref), ref)]
+    found: dict[str, Path] = {}
+    patterns = [ref] if Path(ref).is_absolute() else [str(b / ref) for b in bases]
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            if path.endswith(".json"):
+                found.setdefault(str(Path(path).resolve()), Path(path))
+    if "/" not in ref:  # a name glob: the library and the folders discover / guide / transfer write to
+        for folder in [LIBRARY_DIR] + [output_dir("genomes", d) for d in ("discovered", "guided", "transferred")]:
+            for path in sorted(folder.glob(f"{ref}.json")):
+                found.setdefault(str(path.resolve()), path)
+    return [(load_genome(p), p.stem) for p in found.values()]
+
+
+def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple["Genome", str]]:
+    """The genomes a space enqueues, as ``(genome, origin)``: its ``seed_genomes`` (files, globs, names) and
+    uniform pruning at its ``uniform`` ratios, fitted to the space; the first occurrence of an architecture
+    wins."""
+    from prune_nas.methods.baselines import uniform_genome
+
+    rel = Path(space.source).resolve().parent if space.source else None
+    out: list[tuple[Genome, str]] = []
+    for ref in space.seed_genomes:
+        matched = _resolve_refs(ref, rel)
+        if not matched:
+            log(f"note: seed genome pattern {ref!r} matches nothing yet (run `prune-nas discover` first?)")
+        for g, label in matched:
+            out.append((space.adapt(g, label), f"seed:{g.name or label}"))
+    for r in space.uniform:
+        g = uniform_genome(space.base, 1.0 - r)
+        out.append((g.replace(name=f"{space.base.name}-uniform-r{r:g}"), f"uniform:r{r:g}"))
+    seen, unique = set(), []
+    for g, origin in out:
+        if g.key not in seen:
+            seen.add(g.key)
+            unique.append((g, origin))
+    return unique
+
+
+def genome_attr(genome: "Genome") -> dict:
+    """A genome as a trial attribute: its JSON without bulky provenance, plus where its mask file lives."""
+    d = genome.to_dict()
+    prov = d.pop("provenance", {}) or {}
+    d["provenance"] = {k: prov[k] for k in ("method", "reference", "dataset", "ratio", "seed") if k in prov}
+    if genome.sparsity and genome.sparsity.mask and genome.source_dir:
+        d["source_dir"] = str(Path(genome.source_dir).resolve())
+    return d
+
+
+def genome_from_attr(d: dict) -> "Genome":
+    from prune_nas.core.genome import Genome
+
+    d = dict(d)
+    src = d.pop("source_dir", None)
+    return Genome.from_dict(d, source_dir=Path(src) if src else None)
+
+
+def enqueue_seeds(study: optuna.Study, space: Space, log: Callable[[str], None] = print) -> int:
+    """Enqueue every seed genome x seed not in the study yet; returns how many were enqueued."""
+    have = {(t.user_attrs.get("genome_key"), t.user_attrs.get("seed"))
+            for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+    n = 0
+    for genome, origin in seed_genomes(space, log=log):
+        params = space.project(genome)
+        for seed in range(space.seeds):
+            if (genome.key, seed) in have:
+                continue
+            attrs = {"origin": origin, "seed": seed, "genome_key": genome.key, "genome_name": genome.name,
+                     "genome": genome_attr(genome)}
+            study.enqueue_trial(params, user_attrs=attrs)
+            n += 1
+    return n
+
+
+# ---- the objective ---------------------------------------------------------------------------------------
+class _EarlyStopping:
+    """Training callback: report each epoch's test accuracy; stop the run when Optuna's rule says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def on_epoch_end(self, model, epoch: int, metrics: dict) -> None:
+        acc = metrics.get("test_top1")
+        if acc is None:
+            return
+        self.trial.report(float(acc), epoch + 1)
+        if self.trial.should_prune():
+            msg = f"stopped early after epoch {epoch + 1}: test top-1 {100 * acc:.2f}% is below the median"
+            self.trial.set_user_attr("early_stopped", msg)
+            raise optuna.TrialPruned(msg)
+
+
+class Evaluator:
+    """The objective: build the trial's genome, cost it, train it (or reuse the stored run), return values."""
+
+    def __init__(self, space: Space, store: "Store", *, device: str = "cpu", progress: bool = False,
+                 log: Callable[[str], None] = print, data_dir=None, download: bool = False):
+        from prune_nas.core.cost import count
+
+        self.space, self.store, self.device, self.progress, self.log = space, store, device, progress, log
+        self.data_dir, self.download = data_dir, download
+        self.protocol = space.protocol_obj()
+        self.budget = space.budget_obj()
+        self.limits = space.objective.limits(count(space.base))
+        self._data: dict = {}
+        self.ran: list[int] = []
+
+    def dataset(self, genome: "Genome"):
+        from prune_nas.training.data import load_dataset
+
+        shape = (genome.input_size, genome.in_channels)
+        if shape not in self._data:
+            self._data[shape] = load_dataset(self.space.dataset, data_dir=self.data_dir,
+                                             download=self.download, input_size=shape[0],
+                                             in_channels=shape[1])
+        return self._data[shape]
+
+    def __call__(self, trial: optuna.Trial):
+        self.ran.append(trial.number)
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned as e:
+            self.log(f"trial {trial.number}: {e}")
+            raise
+        except TrainingFailed:
+            raise
+        except BaseException as e:  # Ctrl-C, SIGTERM, a user error: put the trial back before leaving
+            _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
+            raise
+
+    def _values(self, acc: float, cost) -> float | tuple[float, ...]:
+        if not self.space.objective.multi:
+            return acc
+        return (acc, float(getattr(cost, self.space.objective.metrics[1])))
+
+    def _run(self, trial: optuna.Trial):
+        from prune_nas.core.cost import count
+        from prune_nas.training.train import RunSpec, run
+
+        space, attrs = self.space, trial.user_attrs
+        params = {p.name: trial.suggest_float(p.name, p.lo, p.hi, step=p.step) for p in space.param_defs()}
+        origin = attrs.get("origin", "sampled")
+        if "genome" in attrs:
+            genome = genome_from_attr(attrs["genome"])
+        else:
+            genome = space.genome(params, name=f"{space.name}-t{trial.number}")
+        seed = int(attrs.get("seed", 0))
+        cost = count(genome)
+        spec = RunSpec(genome, space.dataset, self.protocol, self.budget, seed)
+        budget = spec.resolved_budget()
+        info = {"origin": origin, "seed": seed, "genome_key": genome.key, "genome_name": genome.name,
+                "budget": budget["kind"], "epochs": budget["epochs"], "params": cost.params,
+                "flops": cost.flops, "dataset": space.dataset, "run_key": spec.key,
+                "result": str(self.store.path_for(spec.key))}
+        if "genome" not in attrs:
+            info["genome"] = genome_attr(genome)
+        for k, v in info.items():
+            trial.set_user_attr(k, v)
+        head = (f"trial {trial.number} [{origin}, seed {seed}] {genome.name or genome.key}: "
+                f"{_h(cost.params)} params, {_h(cost.flops)} FLOPs")
+        over = {what: (getattr(cost, what) - limit) / limit for what, limit in self.limits.items()}
+        for what, v in over.items():
+            trial.set_constraint(f"max_{what}", v)
+        bad = [f"{what} {_h(getattr(cost, what))} > {_h(self.limits[what])}"
+               for what, v in over.items() if v > 0]
+        if bad:
+            msg = "infeasible, not trained: " + ", ".join(bad)
+            trial.set_user_attr("infeasible", msg)
+            self.log(f"{head}: {msg}")
+            return self._values(0.0, cost)
+        reused = spec.key in self.store
+        epochs = budget["epochs"]
+        self.log(f"{head}: " + ("reusing the stored run" if reused else f"training {epochs} epochs"))
+        callbacks = [_EarlyStopping(trial)] if not space.objective.multi and space.early_stopping else []
+        record = run(spec, self.store, device=self.device, progress=self.progress, callbacks=callbacks,
+                     dataset=None if reused else self.dataset(genome), desc=f"trial {trial.number}")
+        if record["status"] != "ok":
+            reason = record.get("reason") or "training failed"
+            trial.set_user_attr("fail_reason", reason)
+            self.log(f"trial {trial.number}: FAILED ({reason})")
+            raise TrainingFailed(reason)
+        acc = float(record["final_top1"])
+        for k, v in {"accuracy": acc, "best_accuracy": record.get("best_top1"), "reused": reused,
+                     "wall_time_s": record.get("wall_time_s")}.items():
+            trial.set_user_attr(k, v)
+        how = "reused" if reused else f"trained in {record.get('wall_time_s') or 0:.0f}s"
+        self.log(f"trial {trial.number}: test top-1 {100 * acc:.2f}% ({epochs} epochs, {how})")
+        if seed == 0 and space.seeds > 1 and origin == "sampled":
+            _enqueue_replicates(trial, genome.key, space.seeds)
+        return self._values(acc, cost)
+
+
+def _enqueue_replicates(trial: optuna.Trial, key: str, seeds: int) -> None:
+    study = trial.study
+    have = {t.user_attrs.get("seed") for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("genome_key") == key and t.state != TrialState.FAIL}
+    for s in range(1, seeds):
+        if s not in have:
+            attrs = {"origin": "sampled", "seed": s, "genome_key": key, "replicate_of": trial.number}
+            study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+
+
+def _requeue(trial: optuna.Trial, why: str) -> None:
+    """Put an interrupted trial back in the queue (same parameters and attributes), as the heartbeat retry
+    does for a killed worker's trial."""
+    with contextlib.suppress(Exception):
+        trial.set_user_attr("interrupted", why[:300])
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        history = list(frozen.system_attrs.get("retry_history", [])) + [trial.number]
+        if len(history) > MAX_RETRY:
+            return
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k != "interrupted"}
+        trial.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=attrs, system_attrs={"failed_trial": history[0], "retry_history": history}))
+
+
+def _h(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ---- running ---------------------------------------------------------------------------------------------
+@dataclass
+class Counts:
+    complete: int = 0  # finished, feasible
+    infeasible: int = 0
+    early_stopped: int = 0
+    failed: int = 0  # training failed (reason recorded)
+    interrupted: int = 0  # killed or interrupted, retried under a new number
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def settled(self) -> int:
+        return self.complete + self.early_stopped + self.failed
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "settled": self.settled}
+
+
+def trial_kind(t: optuna.trial.FrozenTrial) -> str:
+    """What a trial is in this module's words: a :class:`Counts` field name."""
+    if t.state == TrialState.COMPLETE:
+        return "infeasible" if "infeasible" in t.user_attrs else "complete"
+    if t.state == TrialState.FAIL:
+        return "failed" if "fail_reason" in t.user_attrs else "interrupted"
+    return {TrialState.PRUNED: "early_stopped", TrialState.RUNNING: "running"}.get(t.state, "waiting")
+
+
+def counts(trials: Iterable[optuna.trial.FrozenTrial]) -> Counts:
+    c = Counts()
+    for t in trials:
+        kind = trial_kind(t)
+        setattr(c, kind, getattr(c, kind) + 1)
+    return c
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+
+
+def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=None, device: str = "cpu",
+         progress: bool = False, log: Callable[[str], None] = print, poll_s: float | None = None,
+         data_dir=None, download: bool = False, max_infeasible: int | None = None) -> int:
+    """Run trials until the study has ``trials`` settled ones (default: the target stored in the study) and
+    none waiting or running; returns how many trials this worker ran. While others run the last trials it
+    waits, failing and retrying any whose worker died, so no trial is lost."""
+    from prune_nas.training.store import Store
+
+    target = int(trials if trials is not None else study.user_attrs.get("trials", 0))
+    store = store if isinstance(store, Store) else Store(store)
+    evaluator = Evaluator(space, store, device=device, progress=progress, log=log, data_dir=data_dir,
+                          download=download)
+    storage = study._storage  # the heartbeat interval sets the polling pace
+    hb = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if hb is None:
+        log("note: this storage has no heartbeat, so a trial whose worker is killed stays RUNNING; use "
+            "SQLite or PostgreSQL for studies that must survive killed workers")
+    poll = poll_s if poll_s is not None else float(hb or 2)
+    cap = max_infeasible if max_infeasible is not None else 20 * max(target, 1) + 100
+    waited = False
+    while True:
+        _fail_stale(study)
+        c = counts(study.get_trials(deepcopy=False))
+        if c.waiting == 0 and c.settled + c.running >= target:
+            if c.running == 0:
+                break
+            if not waited:
+                log(f"waiting for {c.running} running trial(s) of other workers to finish")
+                waited = True
+            time.sleep(poll)
+            continue
+        if c.waiting == 0 and c.infeasible >= cap:
+            log(f"stopping: {c.infeasible} candidates were infeasible; widen the space or relax the "
+                "constraint")
+            break
+        waited = False
+        study.optimize(evaluator, n_trials=1, catch=(TrainingFailed,))
+    return len(evaluator.ran)
+
+
+def search(space: Space, *, trials: int, storage: str | None = None, study_name: str | None = None,
+           store=None, device: str = "cpu", progress: bool = False, heartbeat: int = HEARTBEAT_S,
+           grace: int | None = None, log: Callable[[str], None] = print, **kw) -> dict:
+    """Create (or resume) the study for ``space``, enqueue its seed genomes, run until ``trials`` trials have
+    settled, and return :func:`summarize`'s summary."""
+    if trials < 1:
+        raise UserError(f"--trials must be >= 1, got {trials}")
+    study = create_study(space, storage, trials=trials, study_name=study_name, heartbeat=heartbeat,
+                         grace=grace, log=log)
+    work(study, space, trials=trials, store=store, device=device, progress=progress, log=log, **kw)
+    return summarize(study)
+
+
+def worker(study_name: str, *, storage: str | None = None, trials: int | None = None, store=None,
+           device: str = "cpu", progress: bool = False, heartbeat: int = HEARTBEAT_S,
+           grace: int | None = None, sampler_seed: int | None = None, log: Callable[[str], None] = print,
+           **kw) -> dict:
+    """Join an existing study (its space is read from the study) and work on it until it is done."""
+    study, space = load_study(study_name, storage, heartbeat=heartbeat, grace=grace,
+                              sampler_seed=sampler_seed)
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials must be >= 1, got {trials}")
+    work(study, space, trials=trials, store=store, device=device, progress=progress, log=log, **kw)
+    return summarize(study)
+
+
+# ---- results ---------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    key: str
+    name: str | None
+    origin: str
+    params: int
+    flops: int
+    epochs: int | None
+    trials: list[int] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracies) / len(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        n = len(self.accuracies)
+        if n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / (n - 1))
+
+    def to_dict(self) -> dict:
+        return {"genome_key": self.key, "genome_name": self.name, "origin": self.origin,
+                "params": self.params, "flops": self.flops, "epochs": self.epochs, "trials": self.trials,
+                "accuracies": self.accuracies, "mean": self.mean, "std": self.std,
+                "seeds": len(self.accuracies)}
+
+
+def summarize(study: optuna.Study) -> dict:
+    """The study's state: trial counts, candidates (feasible, finished; mean and std of accuracy over their
+    seeds, best first), the best candidate or the Pareto front (accuracy up, cost down) over candidates, and
+    Optuna's own per-trial answer (``best_trial`` / ``best_trials``) for comparison."""
+    space = Space.from_dict(study.user_attrs["space"], where=f"study {study.study_name}")
+    trials = study.get_trials(deepcopy=False)
+    cands: dict[str, Candidate] = {}
+    for t in trials:
+        a = t.user_attrs
+        if t.state != TrialState.COMPLETE or "infeasible" in a or "accuracy" not in a:
+            continue
+        if a["genome_key"] not in cands:
+            cands[a["genome_key"]] = Candidate(a["genome_key"], a.get("genome_name"), a.get("origin", "?"),
+                                               a.get("params", 0), a.get("flops", 0), a.get("epochs"))
+        c = cands[a["genome_key"]]
+        if c.origin == "sampled" and a.get("origin", "sampled") != "sampled":
+            c.origin, c.name = a["origin"], a.get("genome_name")  # a seed genome sampled again keeps its name
+        c.trials.append(t.number)
+        c.accuracies.append(float(a["accuracy"]))
+    ranked = sorted(cands.values(), key=lambda c: (-c.mean, c.flops))
+    out: dict[str, Any] = {"study": study.study_name, "space": space.to_dict(),
+                           "target_trials": study.user_attrs.get("trials"),
+                           "objective": space.objective.to_dict(), "counts": counts(trials).to_dict(),
+                           "candidates": [c.to_dict() for c in ranked]}
+    if space.objective.multi:
+        cost = space.objective.metrics[1]
+        front = [c for c in ranked if not any(
+            (o.mean >= c.mean and getattr(o, cost) <= getattr(c, cost))
+            and (o.mean > c.mean or getattr(o, cost) < getattr(c, cost)) for o in ranked)]
+        out["pareto"] = [c.to_dict() for c in sorted(front, key=lambda c: getattr(c, cost))]
+        with contextlib.suppress(Exception):
+            out["optuna_best_trials"] = sorted(t.number for t in study.best_trials)
+    else:
+        out["best"] = ranked[0].to_dict() if ranked else None
+        with contextlib.suppress(Exception):
+            out["optuna_best_trial"] = study.best_trial.number
+    failed = [{"trial": t.number, "reason": t.user_attrs["fail_reason"]} for t in trials
+              if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
+    out["failed"] = failed
+    return out
