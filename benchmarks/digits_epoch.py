@@ -13,9 +13,10 @@ import json
 import torch
 
 from prune_nas.core.builder import build
-from prune_nas.training.data import load_dataset
 from prune_nas.core.genome import base_genome
-from prune_nas.training.train import Protocol, _device_name, train_model
+from prune_nas.training.data import load_dataset
+from prune_nas.training.loop import _device_name, train_model
+from prune_nas.training.protocol import Protocol
 
 
 def main() -> None:

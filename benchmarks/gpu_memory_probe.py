@@ -11,10 +11,11 @@ import weakref
 import torch
 
 from prune_nas import build
+from prune_nas.core.genome import base_genome
 from prune_nas.training.data import load_dataset
 from prune_nas.training.engine import EngineOptions
-from prune_nas.core.genome import base_genome
-from prune_nas.training.train import Protocol, train_model
+from prune_nas.training.loop import train_model
+from prune_nas.training.protocol import Protocol
 
 
 def probe(engine, n=3):

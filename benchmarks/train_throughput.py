@@ -91,7 +91,7 @@ def plain_loop(name: str, data, device: torch.device, steps: int, warmup: int, w
 
 def engine_loop(name: str, data, device: torch.device, steps: int, warmup: int, barrier=None) -> float:
     from prune_nas.training.engine import EngineOptions, FastStep, device_epoch
-    from prune_nas.training.train import Protocol
+    from prune_nas.training.protocol import Protocol
 
     opts = EngineOptions("fast").resolved(device)
     model = model_for(name).to(device).train()
@@ -180,7 +180,7 @@ def main() -> None:
 
 
 def _device_name(device: torch.device) -> str:
-    from prune_nas.training.train import _device_name as name
+    from prune_nas.training.loop import _device_name as name
 
     return name(device)
 

@@ -83,7 +83,7 @@ def test_registry_covers_the_required_families():
 
 
 def test_conv_module_paths_equal_op_names():
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     for model in ("vgg16", "resnet56", "preresnet110", "densenet-bc100", "resnet50"):
         g = base_genome(model, width_mult=0.25)

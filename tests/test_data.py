@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_nas.training.data import DIGITS_TEST_SIZE, load_dataset, random_crop, synthetic
 from prune_nas.core.errors import UserError
+from prune_nas.training.data import DIGITS_TEST_SIZE, load_dataset, random_crop, synthetic
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,14 @@ import torch
 
 from prune_nas.cli import main
 from prune_nas.core.genome import load_genome
-from prune_nas.methods import get_method
 from prune_nas.design.discover import discover, large_key, protocol_for, regularizer, run_name
+from prune_nas.methods import get_method
 
 QUIET = {"progress": False, "log": lambda s: None}
 
 
 def test_slimming_end_to_end_and_cache_reuse(tmp_path):
-    from prune_nas.training.train import RunSpec, init_model
+    from prune_nas.training.runs import RunSpec, init_model
 
     logs = []
     kw = {"dataset": "digits", "epochs": 1, "out_dir": tmp_path / "out", "store_root": tmp_path / "store",

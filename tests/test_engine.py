@@ -6,10 +6,10 @@ import torch
 from torch.nn import functional as F
 
 from prune_nas import build
+from prune_nas.core.genome import base_genome
 from prune_nas.training.data import TensorDataset, load_dataset
 from prune_nas.training.engine import EngineOptions, FastStep, ForeachSGD, device_epoch
-from prune_nas.core.genome import base_genome
-from prune_nas.training.train import Protocol
+from prune_nas.training.protocol import Protocol
 
 CPU = torch.device("cpu")
 
@@ -111,7 +111,7 @@ def test_resolved_options_default_off_on_cpu():
 
 
 def test_train_model_runs_the_same_loop_with_either_engine():
-    from prune_nas.training.train import train_model
+    from prune_nas.training.loop import train_model
 
     ds = load_dataset("synthetic", input_size=16)
     results = {}

@@ -13,6 +13,8 @@ from scipy import stats
 
 from prune_nas.cli import main
 from prune_nas.core.cost import count
+from prune_nas.core.genome import base_genome
+from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
 from prune_nas.repro.evaluate import (
     BASELINE_ROW,
     ROWS,
@@ -24,8 +26,6 @@ from prune_nas.repro.evaluate import (
     uniform_matched,
     welch,
 )
-from prune_nas.core.genome import base_genome
-from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
 
 
 # ---- statistics ------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ TINY = {"version": 1, "name": "tiny", "title": "tiny", "paper": "Table 4", "kind
 
 
 def test_interrupted_run_resumes_and_reuses_finished_runs(tmp_path, monkeypatch):
-    from prune_nas.training import train
+    from prune_nas.training import runs as train
 
     spec = parse_spec(json.loads(json.dumps(TINY)), tmp_path / "tiny.yaml")
     real, calls = train.run, []

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from prune_nas import build
+from prune_nas.core.genome import Sparsity, base_genome
 from prune_nas.training.data import load_dataset
 from prune_nas.training.engine import EngineOptions, FastStep, device_epoch
-from prune_nas.core.genome import Sparsity, base_genome
-from prune_nas.training.train import Protocol, evaluate_model, train_model
+from prune_nas.training.loop import evaluate_model, train_model
+from prune_nas.training.protocol import Protocol
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -60,8 +61,8 @@ def test_fast_engine_matches_eager_accuracy_statistically():
 
 
 def test_masked_weights_stay_zero_inside_the_graph(tmp_path):
-    from prune_nas.core.cost import ops_of
-    from prune_nas.core.genome import MaskRef, save_genome, load_genome
+    from prune_nas.core.genome import MaskRef, load_genome, save_genome
+    from prune_nas.core.geometry import ops_of
     from prune_nas.core.masks import save_masks
 
     g = base_genome("vgg11", width_mult=0.25)

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from prune_nas.core.cost import count
-from prune_nas.core.library import LIBRARY_DIR, NAMED, library_genomes, reference_of, resolve_genome
 from prune_nas.core.errors import UserError
+from prune_nas.core.library import LIBRARY_DIR, NAMED, library_genomes, reference_of, resolve_genome
 
 
 @pytest.mark.parametrize("name", sorted(library_genomes()))

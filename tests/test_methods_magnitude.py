@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from prune_nas import base_genome, build
-from prune_nas.core.cost import count, ops_of
+from prune_nas.core.cost import count
+from prune_nas.core.geometry import ops_of
 from prune_nas.methods import get_method
 from prune_nas.methods.magnitude import global_masks, kernel_keep
 

@@ -17,7 +17,7 @@ from prune_nas.methods.slimming import (
     prunable_bns,
     schedule_s,
 )
-from prune_nas.training.train import Protocol
+from prune_nas.training.protocol import Protocol
 
 
 def _set_gammas(genome, model, rng):

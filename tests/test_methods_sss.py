@@ -8,14 +8,21 @@ from test_methods_thinet import randomized
 
 from prune_nas import base_genome, build
 from prune_nas.core.cost import count
-from prune_nas.training.data import load_dataset
 from prune_nas.core.errors import UserError
 from prune_nas.core.genome import Genome
 from prune_nas.core.library import library_genomes
 from prune_nas.methods._base import REGISTRY
-from prune_nas.methods.sss import (ProximalScales, attach_scales, block_scales, detach_scales, soft_threshold,
-                                   training_callbacks)
-from prune_nas.training.train import Protocol, train_model
+from prune_nas.methods.sss import (
+    ProximalScales,
+    attach_scales,
+    block_scales,
+    detach_scales,
+    soft_threshold,
+    training_callbacks,
+)
+from prune_nas.training.data import load_dataset
+from prune_nas.training.loop import train_model
+from prune_nas.training.protocol import Protocol
 
 SSS = REGISTRY["sss"]
 TINY = {
@@ -68,7 +75,7 @@ def test_proximal_step_zeroes_small_scales_and_shrinks_the_rest():
 
 
 def test_scales_take_proximal_gradient_steps_outside_the_optimizer():
-    from prune_nas.training.train import make_optimizer
+    from prune_nas.training.protocol import make_optimizer
 
     genome = base_genome("resnet20", width_mult=0.25, input_size=16)
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import torch
 
 from prune_nas import base_genome, build
 from prune_nas.core.arch import MODELS, get_family
-from prune_nas.core.cost import ops_of
 from prune_nas.core.genome import random_genome
+from prune_nas.core.geometry import ops_of
 from prune_nas.methods.surgery import (
     bn_ops,
     channel_ids,

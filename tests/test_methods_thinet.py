@@ -205,7 +205,8 @@ def test_on_a_trained_model_the_pruned_weights_keep_most_of_the_accuracy():
     """VGG-11 at a quarter width trained on digits, half of every layer's channels removed, no fine-tuning:
     ThiNet's and regression's inherited weights keep far more accuracy than random channel choices."""
     from prune_nas.training.data import load_dataset
-    from prune_nas.training.train import Protocol, evaluate_model, train_model
+    from prune_nas.training.loop import evaluate_model, train_model
+    from prune_nas.training.protocol import Protocol
 
     genome = base_genome("vgg11", width_mult=0.25, input_size=16, in_channels=1)
     data = load_dataset("digits", input_size=16, in_channels=1)

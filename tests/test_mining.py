@@ -10,7 +10,8 @@ import pytest
 
 from prune_nas.cli import main
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Sparsity, base_genome, conv_ops, save_genome
+from prune_nas.core.genome import Sparsity, base_genome, save_genome
+from prune_nas.core.geometry import conv_ops
 from prune_nas.design.mining import (
     NUM_CLASSES,
     Pattern,

@@ -2,8 +2,9 @@
 
 from prune_nas.core.genome import base_genome
 from prune_nas.training.parallel import start_mps, train_concurrently
+from prune_nas.training.protocol import Protocol
+from prune_nas.training.runs import RunSpec
 from prune_nas.training.store import Store
-from prune_nas.training.train import Protocol, RunSpec
 
 
 def test_two_processes_train_two_candidates_into_one_store(tmp_path):

@@ -48,8 +48,8 @@ def test_two_workers_no_duplicate_no_loss_then_kill_and_resume(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from prune_nas.search.studies import counts, create_study, storage_url
     from prune_nas.search.spaces import Space
+    from prune_nas.search.studies import counts, create_study, storage_url
 
     name = f"pg-{uuid.uuid4().hex[:8]}"
     space = Space.from_dict(tiny_space(name))

@@ -24,8 +24,8 @@ from prune_nas.core.cost import count
 from prune_nas.core.errors import UserError
 from prune_nas.core.genome import save_genome
 from prune_nas.methods.baselines import uniform_genome
-from prune_nas.search.studies import counts, create_study, load_study, seed_genomes, summarize, work
 from prune_nas.search.spaces import Space, list_spaces, load_space
+from prune_nas.search.studies import counts, create_study, load_study, seed_genomes, summarize, work
 from prune_nas.training.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def test_results_in_the_store_are_reused_by_another_study(tmp_path):
 def test_interrupted_trial_is_put_back_in_the_queue(tmp_path, monkeypatch):
     space = Space.from_dict(tiny_space(uniform=[0.5]))
     study = create_study(space, sqlite(tmp_path), trials=1, log=quiet)
-    import prune_nas.training.train as train_mod
+    import prune_nas.training.runs as train_mod
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-import prune_nas.training.train as train_mod
+import prune_nas.training.runs as train_mod
 from prune_nas.core.builder import build
 from prune_nas.core.genome import base_genome, save_genome
 from prune_nas.training.data import synthetic
+from prune_nas.training.protocol import Budget, Protocol
+from prune_nas.training.runs import RunSpec, attach_weights, init_model, run
 from prune_nas.training.store import Store
-from prune_nas.training.train import Budget, Protocol, RunSpec, attach_weights, init_model, run
 
 
 @pytest.fixture(scope="module")

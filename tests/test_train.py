@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from prune_nas.core.builder import build
-from prune_nas.core.genome import base_genome
 from prune_nas.core.cost import count
-from prune_nas.training.data import load_dataset, synthetic
-from prune_nas.core.genome import MaskRef, Sparsity, conv_ops
+from prune_nas.core.genome import MaskRef, Sparsity, base_genome
+from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import save_masks
-from prune_nas.training.train import (IMAGENET_RATIO_CAP, Budget, Protocol, RunSpec, evaluate_model,
-                             scratch_b_epochs, train_model)
+from prune_nas.training.data import load_dataset, synthetic
+from prune_nas.training.loop import evaluate_model, train_model
+from prune_nas.training.protocol import IMAGENET_RATIO_CAP, Budget, Protocol, scratch_b_epochs
+from prune_nas.training.runs import RunSpec
 
 VGG16_A = [32, 64, "M", 128, 128, "M", 256, 256, 256, "M", 256, 256, 256, "M", 256, 256, 256]
 

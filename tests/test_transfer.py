@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from prune_nas.cli import main
 from prune_nas.core.cost import count
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Sparsity, base_genome, conv_ops, load_genome, save_genome
-from prune_nas.design.mining import mine, mine_genomes
+from prune_nas.core.genome import Sparsity, base_genome, load_genome, save_genome
+from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import file_sha256, load_masks
+from prune_nas.design.mining import mine, mine_genomes
 from prune_nas.design.transfer import (
     discovered_files,
     generate,

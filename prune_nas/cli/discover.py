@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from prune_nas.core.errors import UserError
 from prune_nas.cli._format import human, table
+from prune_nas.core.errors import UserError
 
 EXAMPLES = """\
 examples:
@@ -110,8 +110,8 @@ def cmd_discover(args) -> int:
 
     import torch
 
-    from prune_nas.design import discover as d
     from prune_nas.cli.train import _device
+    from prune_nas.design import discover as d
 
     device = _device(args.device)
     if args.threads:
@@ -169,7 +169,8 @@ def layer_table(result) -> str:
     """Per width group: base and kept width (structured); per conv layer: density (sparse)."""
     g, base = result.genome, result.base
     if g.sparsity is not None:
-        from prune_nas.core.cost import kept_weights, ops_of
+        from prune_nas.core.cost import kept_weights
+        from prune_nas.core.geometry import ops_of
 
         ops = {op.name: op for op in ops_of(g) if op.kind == "conv"}
         kept = kept_weights(g)

@@ -9,9 +9,9 @@ import json
 import signal
 import sys
 
-from prune_nas.core.errors import UserError
 from prune_nas.cli._format import human, table
 from prune_nas.cli.discover import add_method_args, method_args
+from prune_nas.core.errors import UserError
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -117,8 +117,8 @@ def _study_opts(p) -> None:
 def _setup(args, dataset: str | None) -> str:
     import torch
 
-    from prune_nas.design.discover import SHORT
     from prune_nas.cli.train import _device
+    from prune_nas.design.discover import SHORT
 
     device = _device(args.device)
     if args.threads:
@@ -175,8 +175,8 @@ def _sigterm_interrupts():
 
 
 def cmd_search(args) -> int:
-    from prune_nas.search.studies import search
     from prune_nas.search.spaces import load_space
+    from prune_nas.search.studies import search
 
     space = load_space(args.space)
     device = _setup(args, space.dataset)

@@ -90,7 +90,8 @@ def cmd_info(args) -> int:
         print(f"  method {info['provenance']['method']}"
               + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
     if genome.sparsity is not None:
-        from prune_nas.core.cost import kept_weights, ops_of
+        from prune_nas.core.cost import kept_weights
+        from prune_nas.core.geometry import ops_of
 
         ops = {op.name: op for op in ops_of(genome) if op.kind == "conv"}
         kept = kept_weights(genome)

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from prune_nas.core.errors import UserError
 from prune_nas.cli._format import human, table
+from prune_nas.core.errors import UserError
 
 SIZE_HELP = ("comma-separated sizes: the fraction of the unpruned target model's params (or FLOPs with "
              "--by flops) that each genome KEEPS, in (0, 1]; e.g. 0.3 = 30%% of the base model's params")
@@ -122,7 +122,14 @@ def register(sub) -> None:
 
 # ---- mine ------------------------------------------------------------------------------------------------------
 def cmd_mine(args) -> int:
-    from prune_nas.design.mining import expand_paths, figure_paths, mine, plot_kernels, plot_widths, save_pattern
+    from prune_nas.design.mining import (
+        expand_paths,
+        figure_paths,
+        mine,
+        plot_kernels,
+        plot_widths,
+        save_pattern,
+    )
 
     pattern = mine(expand_paths(args.files))
     out = args.out or _dirs()["patterns"] / f"{pattern.label()}.pattern.json"

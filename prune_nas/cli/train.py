@@ -7,8 +7,8 @@ import statistics
 import sys
 from dataclasses import replace
 
-from prune_nas.core.errors import UserError
 from prune_nas.cli._format import human, table
+from prune_nas.core.errors import UserError
 
 EXAMPLES = """\
 examples:
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cap(value: str | None, dataset: str) -> float | None:
-    from prune_nas.training.train import IMAGENET_RATIO_CAP
+    from prune_nas.training.protocol import IMAGENET_RATIO_CAP
 
     if value is None:
         return IMAGENET_RATIO_CAP if dataset == "imagenet" else None
@@ -97,7 +97,7 @@ def _reference(genome, name: str | None):
 
 
 def _protocol(args):
-    from prune_nas.training.train import Protocol
+    from prune_nas.training.protocol import Protocol
 
     overrides = {k: getattr(args, k) for k in ("lr", "batch_size", "momentum", "weight_decay", "nesterov",
                                                 "lr_gamma", "crop_padding", "flip")
@@ -133,10 +133,11 @@ def _device(name: str) -> str:
 def cmd_train(args) -> int:
     import torch
 
-    from prune_nas.training.data import NUM_CLASSES, load_dataset
     from prune_nas.core.library import resolve_genome
+    from prune_nas.training.data import NUM_CLASSES, load_dataset
+    from prune_nas.training.protocol import Budget
+    from prune_nas.training.runs import RunSpec, run
     from prune_nas.training.store import Store
-    from prune_nas.training.train import Budget, RunSpec, run
 
     if args.dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {args.dataset!r}; known: {', '.join(NUM_CLASSES)}")
@@ -211,7 +212,7 @@ def _summary_row(name: str, dataset: str, records: list[dict]) -> list:
 def cmd_budget(args) -> int:
     from prune_nas.core.cost import count
     from prune_nas.core.library import resolve_genome
-    from prune_nas.training.train import Protocol, scratch_b_epochs
+    from prune_nas.training.protocol import Protocol, scratch_b_epochs
 
     if args.epochs < 1:
         raise UserError("--epochs must be >= 1")

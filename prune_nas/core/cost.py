@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prune_nas.core.arch import get_family
 from prune_nas.core.arch._base import Op
+from prune_nas.core.geometry import ops_of
+from prune_nas.core.masks import load_masks
 
 if TYPE_CHECKING:
     from prune_nas.core.genome import Genome
@@ -28,14 +29,6 @@ class Cost:
     params: int
     flops: int
 
-    def ratio_to(self, reference: "Cost") -> dict:
-        return {"params": self.params / reference.params, "flops": self.flops / reference.flops}
-
-
-def ops_of(genome: "Genome") -> list[Op]:
-    family = get_family(genome.family)
-    return family.ops(genome.spec, genome.blocks, genome.slot_widths(), genome.input_size,
-                      genome.in_channels, genome.num_classes)
 
 
 def kept_weights(genome: "Genome", ops: list[Op] | None = None) -> dict[str, int]:
@@ -46,8 +39,6 @@ def kept_weights(genome: "Genome", ops: list[Op] | None = None) -> dict[str, int
     if sp is None:
         return kept
     if sp.mask is not None:
-        from prune_nas.core.masks import load_masks
-
         for name, mask in load_masks(genome).items():
             kept[name] = int(mask.sum())
         return kept

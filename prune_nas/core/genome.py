@@ -25,7 +25,9 @@ from typing import Any, Mapping
 
 from prune_nas.core.arch import ModelSpec, get_family, get_spec
 from prune_nas.core.errors import GenomeError, UserError
+from prune_nas.core.geometry import conv_ops
 from prune_nas.core.graph import WidthGroups, width_groups
+from prune_nas.core.masks import load_masks
 
 FORMAT = "prune-nas.genome"
 VERSION = 1
@@ -191,8 +193,10 @@ def _check_schema(data: Any) -> None:
         raise GenomeError(where, e.message)
 
 
-def validate(genome: Genome, check_mask: bool = True) -> None:
-    """Semantic checks beyond the schema. Raises GenomeError naming the field."""
+def validate(genome: Genome) -> None:
+    """Structural checks beyond the schema (no file is read). Raises GenomeError naming the field.
+
+    A mask file is checked where files are read: :func:`load_genome` and ``masks.load_masks``."""
     spec = genome.spec
     family = get_family(spec.family)
     if genome.blocks is not None and spec.default_blocks is None:
@@ -232,21 +236,14 @@ def validate(genome: Genome, check_mask: bool = True) -> None:
             raise GenomeError(f"widths.{groups.slot_group[slot]}",
                               f"selects {slot_w[slot]} channels but only {limit} exist there")
     if genome.sparsity:
-        _validate_sparsity(genome, check_mask)
+        _validate_sparsity(genome)
 
 
 def _few(names: list[str]) -> str:
     return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
 
 
-def conv_ops(genome: Genome) -> dict:
-    """Conv ops of a genome by layer name."""
-    from prune_nas.core.cost import ops_of
-
-    return {op.name: op for op in ops_of(genome) if op.kind == "conv"}
-
-
-def _validate_sparsity(genome: Genome, check_mask: bool) -> None:
+def _validate_sparsity(genome: Genome) -> None:
     sp = genome.sparsity
     convs = conv_ops(genome)
     for name in sp.density:
@@ -256,10 +253,6 @@ def _validate_sparsity(genome: Genome, check_mask: bool) -> None:
     for stage in sp.kernel_keep:
         if not stage.isdigit() or not 1 <= int(stage) <= n_stages:
             raise GenomeError(f"sparsity.kernel_keep.{stage}", f"stages are 1..{n_stages}")
-    if sp.mask and check_mask:
-        from prune_nas.core.masks import load_masks
-
-        load_masks(genome)  # raises GenomeError on a missing file, wrong hash or wrong shapes
 
 
 # ---- construction helpers ------------------------------------------------------------------------------------
@@ -299,7 +292,10 @@ def load_genome(path: str | os.PathLike) -> Genome:
     path = Path(path)
     text = read_text(path, "genome file")
     try:
-        return Genome.from_json(text, source_dir=path.resolve().parent)
+        genome = Genome.from_json(text, source_dir=path.resolve().parent)
+        if genome.sparsity is not None and genome.sparsity.mask is not None:
+            load_masks(genome)  # the mask file exists, matches its hash and the conv shapes
+        return genome
     except GenomeError as e:
         raise GenomeError(e.field, f"{e.problem} (in {path})") from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from prune_nas.core.errors import GenomeError
+from prune_nas.core.geometry import conv_ops, ops_of
 
 _CACHE: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
@@ -38,8 +39,6 @@ def save_masks(masks: dict[str, np.ndarray], path: Path) -> str:
 
 def load_masks(genome) -> dict[str, np.ndarray]:
     """The genome's masks, checked against its hash and its conv shapes."""
-    from prune_nas.core.genome import conv_ops
-
     path = genome.mask_path()
     if path is None:
         return {}
@@ -104,8 +103,6 @@ def sampled_masks(genome) -> dict[str, np.ndarray]:
     Deterministic for the genome: drawn from ``sparsity.seed`` (0 if unset), layer by layer in model order, each
     keeping exactly the ``round(density * weights)`` weights the cost model counts.
     """
-    from prune_nas.core.cost import ops_of
-
     sp = genome.sparsity
     rng = np.random.default_rng(sp.seed or 0)
     masks = {}

@@ -94,7 +94,7 @@ def default_input_size(spec, dataset: str) -> int:
 
 def protocol_for(dataset: str, epochs: int | None = None):
     """The large model's training protocol: the paper's, or the short documented schedule for digits."""
-    from prune_nas.training.train import Protocol
+    from prune_nas.training.protocol import Protocol
 
     protocol = Protocol.for_dataset(dataset)
     short = SHORT.get(dataset, {}).get("epochs")
@@ -163,11 +163,11 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     Returns ``(model on the CPU in eval mode, info dict)``."""
     import torch
 
-    from prune_nas.core.version import __version__
     from prune_nas.core.builder import build
     from prune_nas.core.genome import atomic_write_text
+    from prune_nas.core.version import __version__
+    from prune_nas.training.loop import train_model
     from prune_nas.training.store import default_root
-    from prune_nas.training.train import train_model
 
     schedule = {"protocol": protocol, "steps_per_epoch": data.steps_per_epoch(protocol.batch_size)}
     reg = regularizer(method, genome, params, **schedule)
@@ -302,12 +302,12 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     """
     import torch
 
-    from prune_nas.core.version import __version__
     from prune_nas.core.arch import get_spec
-    from prune_nas.training.data import NUM_CLASSES, load_dataset
     from prune_nas.core.genome import MaskRef, base_genome, save_genome
     from prune_nas.core.masks import save_masks
-    from prune_nas.training.train import attach_weights
+    from prune_nas.core.version import __version__
+    from prune_nas.training.data import NUM_CLASSES, load_dataset
+    from prune_nas.training.runs import attach_weights
 
     start = time.perf_counter()
     m = get_method(method)

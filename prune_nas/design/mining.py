@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Genome, atomic_write_text, base_genome, conv_ops, load_genome
+from prune_nas.core.genome import Genome, atomic_write_text, base_genome, load_genome
+from prune_nas.core.geometry import conv_ops
 
 FORMAT = "prune-nas.pattern"
 VERSION = 1

@@ -37,9 +37,10 @@ import numpy as np
 
 from prune_nas.core.cost import count
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Genome, MaskRef, Sparsity, base_genome, conv_ops, save_genome, validate
-from prune_nas.design.mining import NUM_CLASSES, Pattern, mine, save_pattern
+from prune_nas.core.genome import Genome, MaskRef, Sparsity, base_genome, save_genome, validate
+from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import sample_mask
+from prune_nas.design.mining import NUM_CLASSES, Pattern, mine, save_pattern
 
 BY = ("params", "flops")
 DISCOVER_RATIO = 0.4  # prune ratio of the runs ``transfer`` discovers when none exist and none is named

@@ -14,6 +14,15 @@ May import: ``prune_nas.training``, ``prune_nas.core``.
 from __future__ import annotations
 
 from prune_nas.methods import baselines, l1norm, magnitude, regression, slimming, sss, thinet  # noqa: F401
-from prune_nas.methods._base import REGISTRY, Method, Param, PruneResult, check_ratio, get_method, list_methods, register
+from prune_nas.methods._base import (
+    REGISTRY,
+    Method,
+    Param,
+    PruneResult,
+    check_ratio,
+    get_method,
+    list_methods,
+    register,
+)
 
 __all__ = ["REGISTRY", "Method", "Param", "PruneResult", "check_ratio", "get_method", "list_methods", "register"]

@@ -47,7 +47,7 @@ def uniform_sparsity_genome(base: Genome, density: float, seed: int = 0) -> Geno
     ``seed`` (see :func:`random_masks`) make it exact."""
     if not 0.0 < density <= 1.0:
         raise UserError(f"density must be in (0, 1], got {density}")
-    from prune_nas.core.genome import conv_ops
+    from prune_nas.core.geometry import conv_ops
 
     sp = Sparsity(density={n: float(density) for n in conv_ops(base)}, seed=int(seed))
     return base.replace(sparsity=sp, name=None)
@@ -57,7 +57,7 @@ def random_masks(genome: Genome, seed: int = 0) -> dict[str, np.ndarray]:
     """Exact masks for a genome's per-layer densities: each conv keeps ``round(density * weights)`` weights
     (at least 1) chosen uniformly at random, one ``numpy`` generator seeded with ``seed`` over the layers in
     layout order."""
-    from prune_nas.core.genome import conv_ops
+    from prune_nas.core.geometry import conv_ops
 
     rng = np.random.default_rng(seed)
     out = {}

@@ -28,7 +28,7 @@ from prune_nas.methods.surgery import keep_largest, producers, shrink, state_of
 
 def conv_ids(genome) -> dict[str, int]:
     """Conv layer id (Li et al.'s numbering, see the module doc) -> module path, for the main-path convs."""
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     ids, i = {}, 0
     for op in ops_of(genome):

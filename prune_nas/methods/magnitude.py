@@ -26,7 +26,7 @@ from prune_nas.methods.surgery import state_of
 
 
 def conv_layers(genome):
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     return [op for op in ops_of(genome) if op.kind == "conv"]
 

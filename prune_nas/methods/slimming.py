@@ -84,7 +84,7 @@ def lr_sum(protocol, steps_per_epoch: int) -> float:
 
 def paper_lr_sum() -> float:
     """The paper's CIFAR schedule: 160 epochs x 782 steps at 0.1 / 0.01 / 0.001 for 50 / 25 / 25% = 6600.08."""
-    from prune_nas.training.train import Protocol
+    from prune_nas.training.protocol import Protocol
 
     return lr_sum(Protocol.cifar(epochs=PAPER_EPOCHS), PAPER_STEPS_PER_EPOCH)
 
@@ -97,7 +97,7 @@ def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epo
     S_EXPONENT``, rounded to 4 significant digits (``rule: "schedule"``); on the paper's schedule that is the
     paper's s exactly. Without a schedule: the paper's s (``rule: "paper"``).
 
-    >>> from prune_nas.training.train import Protocol
+    >>> from prune_nas.training.protocol import Protocol
     >>> schedule_s("vgg", protocol=Protocol.cifar(), steps_per_epoch=782)["s"]
     0.0001
     >>> schedule_s("vgg", protocol=Protocol.cifar(epochs=10, flip=False), steps_per_epoch=23)["s"]

@@ -8,7 +8,7 @@ without the acceleration), so unneeded blocks reach zero. Blocks with ``|lambda|
 the result is a genome whose ``blocks`` lists the kept blocks per stage. Families: post-activation ResNets
 (CIFAR and ImageNet, basic and bottleneck) and pre-activation ResNets.
 
-Training hooks for the one training loop (``prune_nas.training.train.train_model``):
+Training hooks for the one training loop (``prune_nas.training.loop.train_model``):
 
 >>> from prune_nas import base_genome, build
 >>> model = build(base_genome("resnet20", width_mult=0.25))

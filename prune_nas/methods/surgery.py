@@ -99,7 +99,7 @@ def group_scores(genome: Genome, slot_scores: Mapping[str, np.ndarray]) -> dict[
 def producers(genome: Genome, group: str) -> list[Op]:
     """Conv / linear layers whose output channels belong to ``group``."""
     members = set(genome.groups.members[group])
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     return [op for op in ops_of(genome) if op.kind != "bn" and op.out_slot in members]
 
@@ -107,7 +107,7 @@ def producers(genome: Genome, group: str) -> list[Op]:
 def consumers(genome: Genome, group: str) -> list[Op]:
     """Conv / linear layers that read the channels of ``group`` (directly, or through a selection's
     concatenation for conv groups of a DenseNet)."""
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     groups = genome.groups
     members = set(groups.members[group])
@@ -117,7 +117,7 @@ def consumers(genome: Genome, group: str) -> list[Op]:
 
 def bn_ops(genome: Genome, group: str) -> list[Op]:
     """BatchNorm layers normalising the channels of ``group``."""
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     members = set(genome.groups.members[group])
     return [op for op in ops_of(genome) if op.kind == "bn" and op.out_slot in members]
@@ -245,7 +245,7 @@ def _concat_map(reads: tuple[str, ...], slot_w: Mapping[str, int], kept: Mapping
 
 
 def _ops(genome: Genome) -> list[Op]:
-    from prune_nas.core.cost import ops_of
+    from prune_nas.core.geometry import ops_of
 
     return ops_of(genome)
 

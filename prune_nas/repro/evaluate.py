@@ -328,7 +328,8 @@ def random_matched(base: "Genome", pruned: "Genome", seed: int, metric: str = "p
     import numpy as np
 
     from prune_nas.core.cost import count
-    from prune_nas.core.genome import Sparsity, _fit_selects, conv_ops
+    from prune_nas.core.genome import Sparsity, _fit_selects
+    from prune_nas.core.geometry import conv_ops
 
     rng = np.random.default_rng(seed)
     target = getattr(count(pruned), metric)
@@ -363,11 +364,19 @@ def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size
     these settings train (same cache key: model, data, protocol, regularizer) with the same parameters, else
     ``discover`` runs (reusing its cached large model)."""
     from prune_nas.core.arch import get_spec
-    from prune_nas.training.data import NUM_CLASSES, load_dataset
     from prune_nas.core.genome import base_genome, load_genome
+    from prune_nas.design.discover import (
+        default_input_size,
+        default_model,
+        discover,
+        large_key,
+        method_params,
+        protocol_for,
+        regularizer,
+        run_name,
+    )
     from prune_nas.methods import get_method
-    from prune_nas.design.discover import (default_input_size, default_model, discover, large_key, method_params,
-                                   protocol_for, regularizer, run_name)
+    from prune_nas.training.data import NUM_CLASSES, load_dataset
 
     m = get_method(method)
     given = dict(params or {})
@@ -436,12 +445,14 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     import scipy
     import torch
 
-    from prune_nas.core.version import __version__
     from prune_nas.core.cost import count
-    from prune_nas.training.data import NUM_CLASSES
+    from prune_nas.core.version import __version__
     from prune_nas.design.discover import protocol_for
+    from prune_nas.training.data import NUM_CLASSES
+    from prune_nas.training.loop import _device_name
+    from prune_nas.training.protocol import Budget, Protocol
+    from prune_nas.training.runs import RunSpec, run
     from prune_nas.training.store import Store
-    from prune_nas.training.train import Budget, Protocol, RunSpec, _device_name, run
 
     start = time.perf_counter()
     if dataset not in NUM_CLASSES:

@@ -150,8 +150,8 @@ class Row:
         """The (possibly narrow) unpruned model the row prunes: ``width`` x the named model, at the row's input
         size, with the dataset's classes."""
         from prune_nas.core.arch import get_spec
-        from prune_nas.training.data import NUM_CLASSES
         from prune_nas.core.genome import base_genome
+        from prune_nas.training.data import NUM_CLASSES
 
         model, dataset = model or self.model, dataset or self.dataset
         g = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=self.input_size or
@@ -163,12 +163,12 @@ class Row:
     def protocol(self):
         """The large model's and Scratch-E's protocol: the paper's for the dataset, at the row's epochs (what
         ``discover`` trains the large model with)."""
-        from prune_nas.training.train import Protocol
+        from prune_nas.training.protocol import Protocol
 
         return Protocol.for_dataset(self.dataset, epochs=self.epochs)
 
     def finetune_protocol(self):
-        from prune_nas.training.train import Protocol
+        from prune_nas.training.protocol import Protocol
 
         return Protocol.finetune(self.protocol(), epochs=self.finetune_epochs)
 
@@ -405,7 +405,7 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
     input_size = number("input_size", int)
     cap_v = get("cap", "imagenet" if dataset == "imagenet" else None)
     if isinstance(cap_v, str) and cap_v.lower() in ("none", "imagenet"):
-        from prune_nas.training.train import IMAGENET_RATIO_CAP
+        from prune_nas.training.protocol import IMAGENET_RATIO_CAP
 
         cap = IMAGENET_RATIO_CAP if cap_v.lower() == "imagenet" else None
     elif cap_v is None:
@@ -554,7 +554,7 @@ def hardware(device: str = "cpu") -> dict:
     """What ran the experiment: device name (CPU model and cores, or the GPU), torch threads, platform."""
     import torch
 
-    from prune_nas.training.train import _device_name
+    from prune_nas.training.loop import _device_name
 
     return {"device": _device_name(device), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version()}
@@ -582,7 +582,7 @@ def run_experiment(spec: Spec | str | os.PathLike, scale: str = "smoke", *, runs
 
     Finished training runs come from the store and finished pruning runs from ``genomes/`` (when their
     settings match), so running again after an interruption resumes where it stopped. ``engine`` is the
-    training engine of the training runs (``prune_nas.training.train.run``: "eager" or "fast"); it is recorded, not
+    training engine of the training runs (``prune_nas.training.runs.run``: "eager" or "fast"); it is recorded, not
     part of the runs' keys.
     """
     from tqdm.auto import tqdm
@@ -655,8 +655,8 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     ``genomes/``. A genome already there from the same settings is reused without pruning again (a
     ``<name>.run.json`` beside it records the settings' hash). Returns the manifest entry."""
     from prune_nas.core.genome import atomic_write_text, load_genome
-    from prune_nas.methods import get_method
     from prune_nas.design.discover import discover, method_params, regularizer, run_name
+    from prune_nas.methods import get_method
 
     m = get_method(method or row.method)
     model, dataset = model or row.model, dataset or row.dataset
@@ -706,8 +706,9 @@ def _finish_prune(ctx, entry, genome, base, info, *, reused: bool, wall: float) 
 
 def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str, dataset: str | None = None,
           reference=None, ratio: float | None = None, extra: dict | None = None) -> dict:
-    """One training run (``prune_nas.training.train.run``), reused from the store when it already ran."""
-    from prune_nas.training.train import Budget, RunSpec, run
+    """One training run (``prune_nas.training.runs.run``), reused from the store when it already ran."""
+    from prune_nas.training.protocol import Budget
+    from prune_nas.training.runs import RunSpec, run
 
     dataset = dataset or row.dataset
     if budget == "finetune":
@@ -733,8 +734,8 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
 
 
 def _run_comparison(ctx: _Context, row: Row) -> None:
-    from prune_nas.methods import get_method
     from prune_nas.design.discover import regularizer
+    from prune_nas.methods import get_method
 
     base = row.base_genome()
     plain = regularizer(get_method(row.method), base, dict(row.params)) is None

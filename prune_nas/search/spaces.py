@@ -180,8 +180,8 @@ class Space:
     @cached_property
     def base(self) -> "Genome":
         """The unpruned base model every fraction refers to (head sized for the dataset)."""
-        from prune_nas.training.data import NUM_CLASSES
         from prune_nas.core.genome import base_genome
+        from prune_nas.training.data import NUM_CLASSES
 
         g = base_genome(self.model, num_classes=NUM_CLASSES[self.dataset], input_size=self.input_size,
                         width_mult=self.width)
@@ -189,12 +189,12 @@ class Space:
                          provenance={"method": "unpruned", "reference": self.model, "space": self.name})
 
     def protocol_obj(self):
-        from prune_nas.training.train import Protocol
+        from prune_nas.training.protocol import Protocol
 
         return Protocol.for_dataset(self.dataset, **self.protocol)
 
     def budget_obj(self):
-        from prune_nas.training.train import Budget
+        from prune_nas.training.protocol import Budget
 
         b = self.budget
         reference = self.base if b.get("kind") == "flops" else None
@@ -205,7 +205,7 @@ class Space:
         return sorted({groups.stage(g) for g in groups.names})
 
     def conv_stages(self) -> dict[str, int]:
-        from prune_nas.core.genome import conv_ops
+        from prune_nas.core.geometry import conv_ops
 
         return {name: op.stage for name, op in conv_ops(self.base).items()}
 
@@ -344,7 +344,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
             raise err(key, "required")
     from prune_nas.core.arch import MODELS
     from prune_nas.training.data import NUM_CLASSES
-    from prune_nas.training.train import Protocol
+    from prune_nas.training.protocol import Protocol
 
     model, dataset = d["model"], d["dataset"]
     if model not in MODELS:

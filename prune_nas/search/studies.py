@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -63,8 +62,8 @@ import optuna
 from optuna.trial import TrialState
 
 from prune_nas.core.errors import UserError
-from prune_nas.search.spaces import Space
 from prune_nas.core.paths import output_dir
+from prune_nas.search.spaces import Space
 
 if TYPE_CHECKING:
     from prune_nas.core.genome import Genome
@@ -394,7 +393,7 @@ class Evaluator:
 
     def _run(self, trial: optuna.Trial):
         from prune_nas.core.cost import count
-        from prune_nas.training.train import RunSpec, run
+        from prune_nas.training.runs import RunSpec, run
 
         space, attrs = self.space, trial.user_attrs
         params = {p.name: trial.suggest_float(p.name, p.lo, p.hi, step=p.step) for p in space.param_defs()}

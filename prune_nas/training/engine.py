@@ -146,7 +146,7 @@ class EagerStep(_Step):
     """The plain PyTorch step: ``torch.optim.SGD``, batches from the dataset's own iterator."""
 
     def __init__(self, model: nn.Module, protocol, device: torch.device, callbacks: Sequence[Any] = ()):
-        from prune_nas.training.train import make_optimizer
+        from prune_nas.training.protocol import make_optimizer
 
         super().__init__(model, device, callbacks)
         self.opt = make_optimizer(model, protocol)

@@ -58,8 +58,8 @@ def map_concurrently(fn: Callable[[Any], Any], items: Sequence[Any], *, procs: i
 
 
 def _run_one(job: tuple) -> dict:
+    from prune_nas.training.runs import run
     from prune_nas.training.store import Store
-    from prune_nas.training.train import run
 
     spec, root, device, engine = job
     return run(spec, Store(root), device=device, progress=False, engine=engine)

@@ -10,12 +10,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 
-from prune_nas.core.errors import UserError
+from prune_nas.core.arch import densenet, preresnet, resnet, vgg
 from prune_nas.core.arch._base import Family, ModelSpec, Op, Slot
-from prune_nas.core.arch import densenet
-from prune_nas.core.arch import preresnet
-from prune_nas.core.arch import resnet
-from prune_nas.core.arch import vgg
+from prune_nas.core.errors import UserError
 
 __all__ = ["Family", "ModelSpec", "Op", "Slot", "FAMILIES", "MODELS", "get_family", "get_spec", "list_models"]
 

@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Mapping
 if TYPE_CHECKING:  # torch is only needed to build, never to describe or cost
     from torch import nn
 
-    from prune_nas.core.genome import Genome
-
 
 @dataclass(frozen=True)
 class Slot:
@@ -103,7 +101,9 @@ class Family:
             in_channels: int, num_classes: int) -> list[Op]:
         raise NotImplementedError
 
-    def build(self, genome: "Genome", widths: Mapping[str, int]) -> "nn.Module":
+    def build(self, spec: ModelSpec, blocks, widths: Mapping[str, int], input_size: int,
+              in_channels: int, num_classes: int) -> "nn.Module":
+        """A freshly initialised model; takes what :meth:`ops` takes, so families need no genome."""
         raise NotImplementedError
 
     def min_input_size(self, spec: ModelSpec) -> int:

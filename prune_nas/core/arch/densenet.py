@@ -10,9 +10,9 @@ A selection can never exceed the channels that exist at that point; validation c
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn import functional as F
-import torch
 
 from prune_nas.core.arch._base import Family, ModelSpec, Op, Slot
 from prune_nas.core.arch._layers import ChannelSelect, init_weights
@@ -95,11 +95,10 @@ class DenseNet(Family):
         return ops + [Op("head.bn", "bn", k, k, out_slot="head.select"),
                       Op("fc", "linear", k, num_classes, bias=True, in_slots=("head.select",))]
 
-    def build(self, genome, widths):
-        spec = genome.spec
+    def build(self, spec, blocks, widths, input_size, in_channels, num_classes):
         limits = self.select_limits(spec, None, widths)
         model = _DenseNetNet()
-        model.stem = nn.Conv2d(genome.in_channels, widths["stem"], 3, padding=1, bias=False)
+        model.stem = nn.Conv2d(in_channels, widths["stem"], 3, padding=1, bias=False)
         for d in (1, 2, 3):
             block = nn.Module()
             for i in range(_n_layers(spec)):
@@ -114,7 +113,7 @@ class DenseNet(Family):
         model.head = nn.Module()
         model.head.select = ChannelSelect(limits["head.select"], widths["head.select"])
         model.head.bn = nn.BatchNorm2d(widths["head.select"])
-        model.fc = nn.Linear(widths["head.select"], genome.num_classes)
+        model.fc = nn.Linear(widths["head.select"], num_classes)
         init_weights(model)
         return model
 

@@ -86,11 +86,11 @@ class PreResNet(Family):
         return ops + [Op("head.bn", "bn", k, k, out_slot="head.select"),
                       Op("fc", "linear", k, num_classes, bias=True, in_slots=("head.select",))]
 
-    def build(self, genome, widths):
+    def build(self, spec, blocks, widths, input_size, in_channels, num_classes):
         model = nn.Module()
-        stem = nn.Conv2d(genome.in_channels, widths["stem"], 3, padding=1, bias=False)
+        stem = nn.Conv2d(in_channels, widths["stem"], 3, padding=1, bias=False)
         stages, cin = OrderedDict(), widths["stem"]
-        for s, n in enumerate(genome.blocks, start=1):
+        for s, n in enumerate(blocks, start=1):
             stride = 1 if s == 1 else 2
             cout = widths[f"stage{s}"]
             layers = OrderedDict()
@@ -104,7 +104,7 @@ class PreResNet(Family):
                 cin = cout
             cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
-        model = _PreResNetNet(stem, stages, cin, widths["head.select"], genome.num_classes)
+        model = _PreResNetNet(stem, stages, cin, widths["head.select"], num_classes)
         init_weights(model)
         return model
 

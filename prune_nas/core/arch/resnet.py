@@ -112,20 +112,20 @@ class ResNet(Family):
         return ops
 
     # ---- module ------------------------------------------------------------------------------------------
-    def build(self, genome, widths):
-        spec, cfg = genome.spec, genome.spec.config
+    def build(self, spec, blocks, widths, input_size, in_channels, num_classes):
+        cfg = spec.config
         stem = OrderedDict()
         if cfg["stem"] == "cifar":
-            stem["conv"] = nn.Conv2d(genome.in_channels, widths["stem"], 3, padding=1, bias=False)
+            stem["conv"] = nn.Conv2d(in_channels, widths["stem"], 3, padding=1, bias=False)
         else:
-            stem["conv"] = nn.Conv2d(genome.in_channels, widths["stem"], 7, stride=2, padding=3, bias=False)
+            stem["conv"] = nn.Conv2d(in_channels, widths["stem"], 7, stride=2, padding=3, bias=False)
         stem["bn"] = nn.BatchNorm2d(widths["stem"])
         stem["relu"] = nn.ReLU(inplace=True)
         if cfg["stem"] == "imagenet":
             stem["pool"] = nn.MaxPool2d(3, stride=2, padding=1)
         stages = OrderedDict()
         cin = widths["stem"]
-        for s, n in enumerate(genome.blocks, start=1):
+        for s, n in enumerate(blocks, start=1):
             stride = 1 if s == 1 else 2
             cout = widths[f"stage{s}"]
             identity = self._identity_entry(spec, s)
@@ -143,7 +143,7 @@ class ResNet(Family):
                 cin = cout
             cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
-        model = _ResNetNet(nn.Sequential(stem), stages, nn.Linear(cin, genome.num_classes))
+        model = _ResNetNet(nn.Sequential(stem), stages, nn.Linear(cin, num_classes))
         init_weights(model)
         return model
 

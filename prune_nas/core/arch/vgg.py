@@ -72,10 +72,9 @@ class VGG(Family):
                     Op("classifier.6", "linear", FC_HIDDEN, num_classes, bias=True)]
         return ops
 
-    def build(self, genome, widths):
-        spec = genome.spec
+    def build(self, spec, blocks, widths, input_size, in_channels, num_classes):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        cin, pools = genome.in_channels, 0
+        cin, pools = in_channels, 0
         for item in _layers(spec):
             if item == "M":
                 pools += 1
@@ -87,7 +86,7 @@ class VGG(Family):
             layers[f"bn{idx}"] = nn.BatchNorm2d(w)
             layers[f"relu{idx}"] = nn.ReLU(inplace=True)
             cin = w
-        model = _VGGNet(nn.Sequential(layers), _head(spec.config["head"], cin, genome.num_classes))
+        model = _VGGNet(nn.Sequential(layers), _head(spec.config["head"], cin, num_classes))
         init_weights(model)
         return model
 
