@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prune_nas.core.errors import GenomeError, UserError
-from prune_nas.core.genome import Genome, base_genome, load_genome, random_genome, save_genome
+from prune_nas.core.genome import Genome, base_genome, load_genome, random_genome, save_genome, validate
 from prune_nas.core.graph import width_groups
 from prune_nas.core.library import get
 from prune_nas.core.masks import save_masks
@@ -158,9 +158,12 @@ def test_mask_hash_mismatch_is_rejected(tmp_path):
 def test_random_genomes_always_validate():
     rng = random.Random(1)
     for model in ("vgg19", "resnet56", "preresnet110", "densenet40", "densenet-bc100", "resnet50"):
+        base = base_genome(model).widths
         for _ in range(5):
             g = random_genome(model, rng)
-            Genome.from_dict(g.to_dict())
+            validate(g)  # raises GenomeError if a selection reads more channels than exist
+            assert Genome.from_dict(g.to_dict()) == g
+            assert all(1 <= w <= base[n] for n, w in g.widths.items()) and dict(g.widths) != dict(base)
 
 
 def test_coupling_graph_groups_residual_adds():

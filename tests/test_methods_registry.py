@@ -8,6 +8,7 @@ from prune_nas import base_genome, build
 from prune_nas.core.errors import UserError
 from prune_nas.core.genome import Genome
 from prune_nas.methods import Method, get_method, list_methods
+from prune_nas.methods._base import Param
 
 TINY = {
     "vgg": ("vgg11", {"width_mult": 0.125, "input_size": 16}),
@@ -39,6 +40,26 @@ def test_every_method_declares_itself():
     assert not get_method("uniform").needs_training and get_method("magnitude").needs_training
 
 
+def test_training_hooks_are_declared_with_plain_training_as_the_default():
+    model_name, kw = TINY["resnet"]
+    g = base_genome(model_name, **kw)
+    assert {m.name for m in list_methods() if m.regularizes_training} == {"slimming", "sss"}
+    assert {m.name for m in list_methods() if not m.structured} == {"magnitude"}
+    for m in list_methods():
+        if not m.regularizes_training:
+            assert m.regularizer(g, ratio=0.5) is None and m.training_record(g, ratio=0.5) is None
+            assert m.training_callbacks(build(g), genome=g) == []
+    assert get_method("sss").regularizer(g, penalty=0.2, threshold=0.1) == {"params": {"penalty": 0.2}}
+
+    class Penalised(Method):  # no training_params: every parameter is part of the cache key
+        name = "penalised"
+        params = (Param("a", 1, ""), Param("b", 2, ""))
+        regularizes_training = True
+
+    reg = Penalised().regularizer(g, a=1, b=3, protocol=None, steps_per_epoch=10)
+    assert reg == {"params": {"a": 1, "b": 3}}
+
+
 def test_unknown_method_suggests_a_name():
     with pytest.raises(UserError, match="did you mean slimming"):
         get_method("slimmming")
@@ -51,7 +72,7 @@ def test_method_x_family_returns_a_valid_buildable_genome(method, family):
     m = get_method(method)
     torch.manual_seed(0)
     model = build(g).eval() if m.needs_training else None
-    if model is not None and callable(getattr(m, "training_callbacks", None)):
+    if model is not None and m.regularizes_training:
         m.training_callbacks(model, genome=g, lr=0.1)  # may attach parameters (SSS block scales)
     data = torch.randn(32, 3, g.input_size, g.input_size)
     # small samples keep the activation-based methods fast; their own tests check the criteria

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
+from prune_nas.core.units import human
 
-def human(n: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.3g}"
+__all__ = ["human", "table"]
 
 
 def table(rows: list[list], headers: list[str], align: str | None = None) -> str:
@@ -19,6 +15,7 @@ def table(rows: list[list], headers: list[str], align: str | None = None) -> str
         align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(headers)))
 
     def line(values):
-        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align)).rstrip()
+        columns = zip(values, widths, align, strict=True)
+        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in columns).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])

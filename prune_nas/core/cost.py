@@ -13,6 +13,7 @@ Convention (one, documented, tested against torch.utils.flop_counter):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,8 +31,39 @@ class Cost:
     flops: int
 
 
+def match_factor(cost_at: Callable[[float], float], target: float, lo: float, hi: float,
+                 iters: int = 50) -> float:
+    """The x in [lo, hi] whose ``cost_at(x)`` is closest to ``target``; ``cost_at`` must never decrease in x.
 
-def kept_weights(genome: "Genome", ops: list[Op] | None = None) -> dict[str, int]:
+    Costs of genomes are step functions of a scale factor (widths and weights are whole numbers), so the
+    search is a bisection: ``hi`` if even it costs at most ``target``, ``lo`` if even it costs at least
+    ``target``, else ``iters`` halvings keep ``cost_at(a) <= target < cost_at(b)`` and the closer of a and b
+    is returned (a, the smaller, on a tie). The one cost-matching search of the package: matched baselines,
+    random architectures and guided pruning all use it.
+
+    >>> x = match_factor(lambda x: int(10 * x), 4.4, 0.0, 1.0)
+    >>> int(10 * x), round(x, 9)
+    (4, 0.5)
+    >>> match_factor(lambda x: int(10 * x), 4.6, 0.0, 1.0)
+    0.5
+    """
+    cost_hi = cost_at(hi)
+    if cost_hi <= target:
+        return hi
+    cost_lo = cost_at(lo)
+    if cost_lo >= target:
+        return lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        cost = cost_at(mid)
+        if cost <= target:
+            lo, cost_lo = mid, cost
+        else:
+            hi, cost_hi = mid, cost
+    return lo if target - cost_lo <= cost_hi - target else hi
+
+
+def kept_weights(genome: Genome, ops: list[Op] | None = None) -> dict[str, int]:
     """Kept weights per conv layer: exact from a mask file, else rounded from densities."""
     ops = ops if ops is not None else ops_of(genome)
     kept = {op.name: op.weight_count for op in ops if op.kind == "conv"}
@@ -47,7 +79,7 @@ def kept_weights(genome: "Genome", ops: list[Op] | None = None) -> dict[str, int
     return kept
 
 
-def count(genome: "Genome") -> Cost:
+def count(genome: Genome) -> Cost:
     """Params and FLOPs (MACs) of ``genome``.
 
     >>> from prune_nas.core.genome import base_genome

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from prune_nas.core.arch import ModelSpec, get_family, get_spec
 from prune_nas.core.errors import GenomeError, UserError
@@ -123,7 +124,7 @@ class Genome:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Any, source_dir: Path | None = None) -> "Genome":
+    def from_dict(cls, data: Any, source_dir: Path | None = None) -> Genome:
         _check_schema(data)
         spec = get_spec_field(data["model"])
         if data.get("family") not in (None, spec.family):
@@ -143,14 +144,14 @@ class Genome:
         return genome
 
     @classmethod
-    def from_json(cls, text: str, source_dir: Path | None = None) -> "Genome":
+    def from_json(cls, text: str, source_dir: Path | None = None) -> Genome:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise GenomeError("", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
         return cls.from_dict(data, source_dir)
 
-    def replace(self, **changes) -> "Genome":
+    def replace(self, **changes) -> Genome:
         """A copy with fields changed, validated again."""
         if "blocks" in changes and changes["blocks"] is not None:
             changes["blocks"] = tuple(changes["blocks"])
@@ -268,13 +269,17 @@ def base_genome(model: str, num_classes: int | None = None, input_size: int | No
                     input_size=input_size or spec.input_size, in_channels=in_channels or spec.in_channels,
                     blocks=blocks, name=spec.name if width_mult == 1.0 else f"{spec.name}-x{width_mult:g}")
     if width_mult != 1.0:
-        genome = replace(genome, widths=_fit_selects(genome, widths))
+        genome = replace(genome, widths=fit_selects(genome, widths))
     validate(genome)
     return genome
 
 
-def _fit_selects(genome: Genome, widths: dict[str, int]) -> dict[str, int]:
-    """Clip selection widths to the channels that exist (rounding can make them overshoot by one)."""
+def fit_selects(genome: Genome, widths: dict[str, int]) -> dict[str, int]:
+    """``widths`` (per width group; a new dict) with every selection clipped to the channels that exist.
+
+    A selection (pre-activation ResNets, DenseNets) reads channels of a tensor other groups produce; widths
+    scaled and rounded independently can make it read one more than its producers keep. Every generator of
+    scaled widths (uniform, random, guided, search spaces) calls this before building a genome."""
     family = get_family(genome.family)
     groups = genome.groups
     limits = family.select_limits(genome.spec, genome.blocks, groups.expand(widths))
@@ -327,4 +332,4 @@ def random_genome(model: str, rng, min_fraction: float = 0.05, max_fraction: flo
     base = base_genome(model, **base_kwargs)
     base_w = base.groups.base_widths()
     widths = {g: max(1, int(round(w * rng.uniform(min_fraction, max_fraction)))) for g, w in base_w.items()}
-    return replace(base, name=None, widths=_fit_selects(base, widths))
+    return replace(base, name=None, widths=fit_selects(base, widths))

@@ -123,28 +123,17 @@ def _schedule(protocol, steps_per_epoch: int | None) -> dict:
 
 def regularizer(method: Method, genome, params: dict, *, protocol=None,
                 steps_per_epoch: int | None = None) -> dict | None:
-    """What the method's training phase depends on, for the large model's cache key (None: plain training).
-
-    A method with ``training_callbacks`` describes it with ``regularizer(genome, **params)`` (given the
-    training schedule too, ``protocol`` and the data's ``steps_per_epoch``, when known: slimming's default s
-    depends on it), or names its training parameters in ``training_params``; otherwise all its parameters
-    count (safe, but a change of a pruning-only parameter then trains again)."""
-    if not callable(getattr(method, "training_callbacks", None)):
-        return None
-    if callable(getattr(method, "regularizer", None)):
-        return {"method": method.name, **method.regularizer(genome, **_schedule(protocol, steps_per_epoch),
-                                                            **params)}
-    names = getattr(method, "training_params", None)
-    names = [p.name for p in method.params] if names is None else names
-    return {"method": method.name, "params": {n: params.get(n) for n in names}}
+    """What the method's training phase depends on, for the large model's cache key (None: plain training):
+    ``Method.regularizer`` (given the training schedule too, ``protocol`` and the data's ``steps_per_epoch``,
+    when known: slimming's default s depends on it), under the method's name."""
+    reg = method.regularizer(genome, **_schedule(protocol, steps_per_epoch), **params)
+    return None if reg is None else {"method": method.name, **reg}
 
 
 def training_record(method: Method, genome, params: dict, *, protocol=None,
                     steps_per_epoch: int | None = None) -> dict | None:
     """What the method's training phase used and how its defaults were derived (slimming: the effective s),
-    for the genome's provenance; None for a method that does not say."""
-    if not callable(getattr(method, "training_record", None)):
-        return None
+    for the genome's provenance (``Method.training_record``); None for a method that does not say."""
     return method.training_record(genome, **_schedule(protocol, steps_per_epoch), **params)
 
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prune_nas.core.cost import count
+from prune_nas.core.cost import count, match_factor
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Genome, MaskRef, Sparsity, base_genome, save_genome, validate
+from prune_nas.core.genome import Genome, MaskRef, Sparsity, base_genome, fit_selects, save_genome, validate
 from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import sample_mask
 from prune_nas.design.mining import NUM_CLASSES, Pattern, mine, save_pattern
@@ -118,18 +118,6 @@ def _cost(genome: Genome, by: str) -> int:
     return getattr(count(genome), by)
 
 
-def _bisect(cost_at: Callable[[float], int], target: float, hi: float) -> float:
-    """The factor in [0, hi] whose cost is closest to ``target`` (cost non-decreasing in the factor)."""
-    lo = 0.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if cost_at(mid) <= target:
-            lo = mid
-        else:
-            hi = mid
-    return lo if target - cost_at(lo) <= cost_at(hi) - target else hi
-
-
 # ---- guided pruning ------------------------------------------------------------------------------------------------
 def group_ratios(pattern: Pattern, target: Genome) -> dict[str, float | None]:
     """Per target width group: the kept ratio it takes from the pattern, or None where it keeps its width."""
@@ -157,18 +145,7 @@ def widths_at(target: Genome, ratios: dict[str, float | None], factor: float) ->
     base = target.widths
     w = {n: base[n] if r is None else max(1, min(base[n], round(base[n] * r * factor)))
          for n, r in ratios.items()}
-    return _clip_selects(target, w)
-
-
-def _clip_selects(target: Genome, widths: dict[str, int]) -> dict[str, int]:
-    from prune_nas.core.arch import get_family
-
-    groups = target.groups
-    limits = get_family(target.family).select_limits(target.spec, target.blocks, groups.expand(widths))
-    for slot, limit in limits.items():
-        g = groups.slot_group[slot]
-        widths[g] = min(widths[g], limit)
-    return widths
+    return fit_selects(target, w)
 
 
 def guided_widths(pattern: Pattern, target: Genome, size: float, by: str = "params") -> tuple[Genome, dict]:
@@ -186,7 +163,7 @@ def guided_widths(pattern: Pattern, target: Genome, size: float, by: str = "para
     if goal < smallest:
         raise UserError(f"size {size:g} is impossible for {target.model}: one channel per pruned layer already "
                         f"keeps {smallest / _cost(target, by):.3f} of its {by}")
-    factor = _bisect(cost_at, goal, hi)
+    factor = match_factor(cost_at, goal, 0.0, hi, iters=60)
     genome = target.replace(widths=widths_at(target, ratios, factor))
     return genome, {"factor": factor, "achieved": _cost(genome, by) / _cost(target, by)}
 
@@ -233,7 +210,7 @@ def _kept_counts(ops: dict, dens: dict[str, float], target: Genome, size: float,
     def cost_at(f):
         return sum(k * unit[n] for n, k in kept_at(f).items())
 
-    kept = kept_at(_bisect(cost_at, goal, max(1 / d for d in dens.values()) + 1.0))
+    kept = kept_at(match_factor(cost_at, goal, 0.0, max(1 / d for d in dens.values()) + 1.0, iters=60))
     if by == "params":  # hit the parameter count exactly: one weight more or less in the largest layers
         rest = round(goal) - sum(kept.values())
         for n in sorted(ops, key=lambda n: -total[n]):
@@ -286,10 +263,6 @@ def write_genome(genome: Genome, path: Path, masks: dict[str, np.ndarray] | None
     return genome
 
 
-def _fmt(size: float) -> str:
-    return f"{size:g}"
-
-
 def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: Path, stem: str, *,
              sparse: bool | None = None, by: str = "params", seed: int = 0, kind: str = "guided",
              pattern_file: str | None = None) -> list[tuple[Path, Genome, dict]]:
@@ -315,7 +288,7 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
             genome, masks, info = guided_sparse(pattern, target, size, seed=seed, by=by)
         else:
             (genome, info), masks = guided_widths(pattern, target, size, by=by), None
-        name = f"{stem}-{_fmt(size)}"
+        name = f"{stem}-{size:g}"
         method = f"{kind}-{'sparsifying' if sparse else 'pruning'}"
         prov = {"method": method, "reference": reference, "pattern": pattern.source_summary(),
                 "pattern_file": pattern_file, "stage_map": {str(t): s for t, s in smap.items()},

@@ -9,7 +9,7 @@ ever emptied (at least one channel is kept, and the result says so in ``notes``)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from prune_nas.core.errors import UserError
 
@@ -29,14 +29,22 @@ class Param:
 
 @dataclass
 class PruneResult:
-    genome: "Genome"
+    genome: Genome
     state_dict: dict | None = None  # inherited weights for the pruned model (fine-tune baseline)
-    masks: dict[str, "np.ndarray"] | None = None  # exact masks (non-structured pruning)
+    masks: dict[str, np.ndarray] | None = None  # exact masks (non-structured pruning)
     notes: list[str] = field(default_factory=list)  # e.g. "conv13: kept 1 channel (layer would be empty)"
 
 
 class Method:
-    """Base class. Subclasses set the class attributes and implement ``prune``."""
+    """Base class. Subclasses set the class attributes and implement ``prune``.
+
+    A method whose large model trains its own way (a sparsity penalty: slimming, SSS) sets
+    ``regularizes_training`` and overrides ``training_callbacks``; the discover pipeline keys its cache of
+    trained large models on ``regularizer`` and records ``training_record`` in the genome's provenance. The
+    defaults describe plain training. The training hooks take the method's parameters as keywords, plus the
+    schedule when it is known: ``protocol`` (a ``training.protocol.Protocol``) and the data's
+    ``steps_per_epoch``.
+    """
 
     name: str = ""
     summary: str = ""
@@ -45,14 +53,39 @@ class Method:
     families: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
     needs_training: bool = True  # whether the large model must be trained before pruning
+    # False for non-structured (weight) pruning: genomes keep their widths and gain masks
+    structured: bool = True
+    regularizes_training: bool = False  # the large model trains with ``training_callbacks``, not plainly
+    # The parameters the training phase depends on (the rest only prune); None: all of them
+    training_params: tuple[str, ...] | None = None
 
-    def check(self, genome: "Genome", **kwargs) -> None:
+    def check(self, genome: Genome, **kwargs) -> None:
         if genome.family not in self.families:
             raise UserError(f"method {self.name!r} does not apply to {genome.family} models "
                             f"({genome.model}); it supports: {', '.join(self.families)}")
 
-    def prune(self, genome: "Genome", model: "nn.Module | None", **kwargs) -> PruneResult:
+    def prune(self, genome: Genome, model: nn.Module | None, **kwargs) -> PruneResult:
         raise NotImplementedError
+
+    def training_callbacks(self, model: nn.Module, **kwargs) -> list:
+        """Callbacks for the training loop that train the large model the method's way; they may add
+        parameters to ``model`` (SSS block scales), so they are attached before weights are loaded. Plain
+        training: none."""
+        return []
+
+    def regularizer(self, genome: Genome, **kwargs) -> dict | None:
+        """What the training phase depends on, for the cache key of the trained large model; None for plain
+        training. By default the values of ``training_params`` (all the method's parameters when None: safe,
+        but then a change of a pruning-only parameter trains again)."""
+        if not self.regularizes_training:
+            return None
+        names = [p.name for p in self.params] if self.training_params is None else self.training_params
+        return {"params": {n: kwargs.get(n) for n in names}}
+
+    def training_record(self, genome: Genome, **kwargs) -> dict | None:
+        """What the training phase used and how its defaults were derived (slimming: the effective s), for
+        the genome's provenance; None when there is nothing to say."""
+        return None
 
 
 REGISTRY: dict[str, Method] = {}
@@ -92,5 +125,3 @@ def kept_width(group: str, width: int, ratio: float, notes: list[str]) -> int:
         return 1
     return k
 
-
-KeepFn = Callable[[int], int]

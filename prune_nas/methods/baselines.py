@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from prune_nas.core.errors import UserError
-from prune_nas.core.genome import Sparsity, _fit_selects
+from prune_nas.core.genome import Sparsity, fit_selects
 from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, register
 from prune_nas.methods.surgery import channel_ids, shrink, state_of
 
@@ -39,7 +39,7 @@ def uniform_genome(base: Genome, keep_fraction: float) -> Genome:
     if base.sparsity is not None:
         raise UserError("uniform channel pruning needs a dense genome")
     widths = {g: max(1, round(w * keep_fraction)) for g, w in base.widths.items()}
-    return base.replace(widths=_fit_selects(base, widths), name=None)
+    return base.replace(widths=fit_selects(base, widths), name=None)
 
 
 def uniform_sparsity_genome(base: Genome, density: float, seed: int = 0) -> Genome:
@@ -75,26 +75,16 @@ def match_params(base: Genome, target_params: int, iters: int = 50) -> Genome:
     """The uniform genome (:func:`uniform_genome`) whose params are closest to ``target_params``.
 
     Params grow with the fraction in steps: at each step every group's width moves by at most one channel.
-    Bisection finds the step where the count crosses the target; of the genomes on either side of it (which
-    differ by at most one channel per group) the closer one is returned (the smaller on a tie).
+    Bisection (:func:`~prune_nas.core.cost.match_factor`) finds the step where the count crosses the target;
+    of the genomes on either side of it (which differ by at most one channel per group) the closer one is
+    returned (the smaller on a tie). The fraction starts just above 0, the 1-channel-per-group floor.
     """
-    from prune_nas.core.cost import count
+    from prune_nas.core.cost import count, match_factor
 
-    if target_params >= count(base).params:
-        return base.replace(name=None)
-    lo, hi = 0.0, 1.0  # params(lo) <= target < params(hi), with params(0+) the 1-channel-per-group floor
-    floor = uniform_genome(base, 1e-9)
-    if count(floor).params >= target_params:
-        return floor
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if count(uniform_genome(base, mid)).params <= target_params:
-            lo = mid
-        else:
-            hi = mid
-    below, above = uniform_genome(base, lo) if lo > 0 else floor, uniform_genome(base, hi)
-    pb, pa = count(below).params, count(above).params
-    return below if target_params - pb <= pa - target_params else above
+    def params_at(fraction: float) -> int:
+        return count(uniform_genome(base, fraction)).params
+
+    return uniform_genome(base, match_factor(params_at, target_params, 1e-9, 1.0, iters))
 
 
 def random_keep(genome: Genome, widths: dict[str, int], seed: int = 0, model=None) -> dict[str, np.ndarray]:
@@ -233,5 +223,5 @@ class Random(_Baseline):
         if model is not None:
             small, state = shrink(genome, state_of(model), keep)
         else:
-            small, state = genome.replace(widths=_fit_selects(genome, widths), name=None), None
+            small, state = genome.replace(widths=fit_selects(genome, widths), name=None), None
         return _finish(self, genome, small, params, [f"random channels (seed {seed})"], state)

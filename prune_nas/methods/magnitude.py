@@ -71,7 +71,7 @@ def global_masks(weights: dict[str, np.ndarray], ratio: float) -> tuple[dict[str
             kept_per_layer[layer[idx]] -= 1
             extra -= 1
     out, start = {}, 0
-    for n, size in zip(names, sizes):
+    for n, size in zip(names, sizes, strict=True):
         out[n] = ~pruned[start:start + size].reshape(np.shape(weights[n]))
         start += size
     return out, notes
@@ -103,6 +103,7 @@ class Magnitude(Method):
     citation = "Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural Networks, " \
                "NIPS 2015"
     target = "automatic"
+    structured = False
     families = ("vgg", "resnet", "preresnet", "densenet")
     params = (Param("ratio", 0.5, "sparsity: fraction of all conv weights removed (exactly round(ratio * N))"),)
 

@@ -173,6 +173,7 @@ class Slimming(Method):
         Param("s", None, "L1 weight on BN scales during training (default: the paper's 1e-4 for VGG, 1e-5 "
                          "otherwise, scaled up for schedules shorter than its 160 CIFAR epochs)"),
     )
+    regularizes_training = True
     training_params = ("s",)
 
     def check(self, genome, ratio=0.5, **kwargs) -> None:

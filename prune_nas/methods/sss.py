@@ -181,7 +181,7 @@ class ProximalScales:
         lr = self.current_lr()
         scales = self._scales(model)
         grads = self._grads if len(self._grads) == len(scales) else [None] * len(scales)
-        for p, g in zip(scales, grads):
+        for p, g in zip(scales, grads, strict=True):
             z = p - lr * g if g is not None else p
             p.copy_(soft_threshold(z, lr * self.penalty))
         self._grads = []
@@ -319,6 +319,7 @@ class SparseStructureSelection(Method):
         Param("penalty", DEFAULT_PENALTY, "sparsity weight gamma on the block scales (during training)"),
         Param("threshold", DEFAULT_THRESHOLD, "blocks with |scale| <= threshold are removed"),
     )
+    regularizes_training = True
     training_params = ("penalty",)  # what the trained model depends on (the discover pipeline's cache key)
 
     def check(self, genome, **kwargs) -> None:

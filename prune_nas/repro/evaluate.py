@@ -283,27 +283,11 @@ def _human(n: float) -> str:
 def match(make: Callable[[float], "Genome"], target: int, metric: str, hi: float = 1.0,
           iters: int = 40) -> "Genome":
     """The genome ``make(x)``, x in (0, hi], whose ``metric`` (params / flops) is closest to ``target``;
-    ``make`` must grow with x. Bisection, then the closer side (the smaller on a tie)."""
-    from prune_nas.core.cost import count
+    ``make`` must grow with x. Bisection (:func:`~prune_nas.core.cost.match_factor`), then the closer side
+    (the smaller on a tie)."""
+    from prune_nas.core.cost import count, match_factor
 
-    def cost(x):
-        return getattr(count(make(x)), metric)
-
-    if cost(hi) <= target:
-        return make(hi)
-    lo = 1e-9
-    if cost(lo) >= target:
-        return make(lo)
-    a, b = lo, hi
-    for _ in range(iters):
-        mid = (a + b) / 2
-        if cost(mid) <= target:
-            a = mid
-        else:
-            b = mid
-    ga, gb = make(a), make(b)
-    ca, cb = getattr(count(ga), metric), getattr(count(gb), metric)
-    return ga if target - ca <= cb - target else gb
+    return make(match_factor(lambda x: getattr(count(make(x)), metric), target, 1e-9, hi, iters))
 
 
 def uniform_matched(base: "Genome", pruned: "Genome", metric: str) -> "Genome":
@@ -328,7 +312,7 @@ def random_matched(base: "Genome", pruned: "Genome", seed: int, metric: str = "p
     import numpy as np
 
     from prune_nas.core.cost import count
-    from prune_nas.core.genome import Sparsity, _fit_selects
+    from prune_nas.core.genome import Sparsity, fit_selects
     from prune_nas.core.geometry import conv_ops
 
     rng = np.random.default_rng(seed)
@@ -346,7 +330,7 @@ def random_matched(base: "Genome", pruned: "Genome", seed: int, metric: str = "p
 
         def make(c):
             widths = {g: max(1, int(round(base.widths[g] * min(1.0, c * f[g])))) for g in names}
-            return base.replace(widths=_fit_selects(base, widths))
+            return base.replace(widths=fit_selects(base, widths))
     g = match(make, target, metric, hi=1.0 / min(f.values()))
     return g.replace(name=f"{base.name}-random-{metric}-{seed}",
                      provenance={"method": "random", "matched": metric, "target": target, "seed": seed})

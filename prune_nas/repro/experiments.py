@@ -214,7 +214,10 @@ def runs_of(kind: str, row: Row) -> int:
 
 
 def _is_sparse(method: str) -> bool:
-    return method == "magnitude"
+    """Whether the method prunes weights, not channels (``Method.structured`` is False)."""
+    from prune_nas.methods import get_method
+
+    return not get_method(method).structured
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prune_nas.core.errors import UserError
+from prune_nas.core.units import human
 
 COLUMNS = ("unpruned", "finetune", "scratch-e", "scratch-b")
 HEAD = {"unpruned": "Unpruned", "finetune": "Fine-tuned", "scratch-e": "Scratch-E", "scratch-b": "Scratch-B"}
@@ -510,8 +511,9 @@ def _curves(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
             "| Panel | Series | Ratio | Params (mean ± std) | Top-1 % (mean ± std) | n | Epochs |",
             "|---|---|--:|--:|--:|--:|--:|"]
     for p in pts:
-        body.append(f"| {p['label']} | {p['series']} | {p['ratio']:g} | {_human(p['params_mean'])} ± "
-                    f"{_human(p['params_std'])} | {100 * p['acc_mean']:.2f} ± {100 * p['acc_std']:.2f} | {p['n']} | "
+        params = f"{human(p['params_mean'], digits=1)} ± {human(p['params_std'], digits=1)}"
+        acc = f"{100 * p['acc_mean']:.2f} ± {100 * p['acc_std']:.2f}"
+        body.append(f"| {p['label']} | {p['series']} | {p['ratio']:g} | {params} | {acc} | {p['n']} | "
                     f"{_span(p['epochs'])} |")
     body += ["", (f"Every architecture trained from scratch ({', '.join(sorted(budget))}); params count kept "
                  "weights only for sparse genomes. Uniform: the same params (channels) or the same density in "
@@ -521,20 +523,13 @@ def _curves(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
     return body, [csv_path, png]
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{n:.0f}"
-
-
 def _plot_curves(m: dict, pts: list[dict], path: Path) -> Path:
     from prune_nas.design.mining import _pyplot, _save
 
     plt = _pyplot()
     rows = m["plan"]["rows"]
     fig, axes = plt.subplots(1, len(rows), figsize=(5.2 * len(rows), 4.0), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    for ax, row in zip(axes[0], rows, strict=True):
         n = len(row["series"])
         for j, series in enumerate(row["series"]):
             sp = sorted((p for p in pts if p["row"] == row["index"] and p["series"] == series),

@@ -52,10 +52,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import bundled_dir
@@ -158,7 +159,7 @@ class Space:
 
     # ---- reading -------------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Any, where: str = "search space", default_name: str = "") -> "Space":
+    def from_dict(cls, d: Any, where: str = "search space", default_name: str = "") -> Space:
         return _parse(d, where, default_name)
 
     def to_dict(self) -> dict:
@@ -178,7 +179,7 @@ class Space:
 
     # ---- derived -------------------------------------------------------------------------------------------
     @cached_property
-    def base(self) -> "Genome":
+    def base(self) -> Genome:
         """The unpruned base model every fraction refers to (head sized for the dataset)."""
         from prune_nas.core.genome import base_genome
         from prune_nas.training.data import NUM_CLASSES
@@ -234,9 +235,9 @@ class Space:
             return list(names)
         return [g for g in names if any(fnmatch.fnmatchcase(g, pat) for pat in pats)]
 
-    def genome(self, params: Mapping[str, float], name: str | None = None) -> "Genome":
+    def genome(self, params: Mapping[str, float], name: str | None = None) -> Genome:
         """The candidate a parameter assignment describes (missing parameters count as 1, or 0 sparsity)."""
-        from prune_nas.core.genome import Sparsity, _fit_selects
+        from prune_nas.core.genome import Sparsity, fit_selects
 
         base = self.base
         groups = base.groups
@@ -244,7 +245,7 @@ class Space:
         for g in groups.names:
             f = float(params.get(f"mult.stage{groups.stage(g)}", 1.0)) * float(params.get(f"width.{g}", 1.0))
             widths[g] = max(1, int(round(base.widths[g] * f)))
-        genome = base.replace(widths=_fit_selects(base, widths), name=name, provenance={})
+        genome = base.replace(widths=fit_selects(base, widths), name=name, provenance={})
         density = {}
         for conv, s in self.conv_stages().items():
             x = float(params.get(f"sparsity.stage{s}", 0.0))
@@ -254,7 +255,7 @@ class Space:
             genome = genome.replace(sparsity=Sparsity(density=density, seed=0))
         return genome
 
-    def project(self, genome: "Genome") -> dict[str, float]:
+    def project(self, genome: Genome) -> dict[str, float]:
         """The grid point nearest to ``genome``: stage multipliers are the stage's mean kept ratio, layer
         widths the remaining ratio per group (with a width parameter on every group of a stage, its multiplier
         is the stage's widest ratio instead), sparsity one minus the stage's mean density. Seed genomes carry
@@ -283,7 +284,7 @@ class Space:
                 out[p.name] = p.snap(1.0 - d)
         return out
 
-    def adapt(self, genome: "Genome", ref: str) -> "Genome":
+    def adapt(self, genome: Genome, ref: str) -> Genome:
         """A seed genome fitted to this space: same model and blocks, at most the base's widths; its head and
         input size follow the space's dataset."""
         base = self.base

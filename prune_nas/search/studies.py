@@ -54,15 +54,17 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import output_dir
+from prune_nas.core.units import human
 from prune_nas.search.spaces import Space
 
 if TYPE_CHECKING:
@@ -73,6 +75,13 @@ STUDY_FORMAT = "prune-nas.study"
 STUDY_VERSION = 1
 MAX_RETRY = 3  # a trial interrupted this many times is left failed
 HEARTBEAT_S = 10
+# Infeasible candidates do not count towards a study's trials and cost no training (only a count of params
+# and FLOPs), so a worker may draw many while it fills a tight constraint. It gives up after
+# INFEASIBLE_PER_TRIAL per wanted trial plus INFEASIBLE_SLACK (work's default max_infeasible): a constraint
+# that few candidates meet still fills the study; one that none meets stops instead of sampling forever.
+INFEASIBLE_PER_TRIAL = 20
+INFEASIBLE_SLACK = 100
+
 __all__ = ["STUDY_FORMAT", "Counts", "TrainingFailed", "counts", "create_study", "default_storage_url",
            "load_study", "open_storage", "search", "seed_genomes", "storage_url", "summarize", "work",
            "worker"]
@@ -242,7 +251,7 @@ def load_study(name: str, storage: str | None = None, *, heartbeat: int = HEARTB
 
 
 # ---- seed genomes ----------------------------------------------------------------------------------------
-def _resolve_refs(ref: str, rel: Path | None) -> list[tuple["Genome", str]]:
+def _resolve_refs(ref: str, rel: Path | None) -> list[tuple[Genome, str]]:
     import glob
 
     from prune_nas.core.genome import load_genome
@@ -270,7 +279,7 @@ def _resolve_refs(ref: str, rel: Path | None) -> list[tuple["Genome", str]]:
     return [(load_genome(p), p.stem) for p in found.values()]
 
 
-def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple["Genome", str]]:
+def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple[Genome, str]]:
     """The genomes a space enqueues, as ``(genome, origin)``: its ``seed_genomes`` (files, globs, names) and
     uniform pruning at its ``uniform`` ratios, fitted to the space; the first occurrence of an architecture
     wins."""
@@ -295,7 +304,7 @@ def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple
     return unique
 
 
-def genome_attr(genome: "Genome") -> dict:
+def genome_attr(genome: Genome) -> dict:
     """A genome as a trial attribute: its JSON without bulky provenance, plus where its mask file lives."""
     d = genome.to_dict()
     prov = d.pop("provenance", {}) or {}
@@ -305,7 +314,7 @@ def genome_attr(genome: "Genome") -> dict:
     return d
 
 
-def genome_from_attr(d: dict) -> "Genome":
+def genome_from_attr(d: dict) -> Genome:
     from prune_nas.core.genome import Genome
 
     d = dict(d)
@@ -351,7 +360,7 @@ class _EarlyStopping:
 class Evaluator:
     """The objective: build the trial's genome, cost it, train it (or reuse the stored run), return values."""
 
-    def __init__(self, space: Space, store: "Store", *, device: str = "cpu", progress: bool = False,
+    def __init__(self, space: Space, store: Store, *, device: str = "cpu", progress: bool = False,
                  log: Callable[[str], None] = print, data_dir=None, download: bool = False):
         from prune_nas.core.cost import count
 
@@ -363,7 +372,7 @@ class Evaluator:
         self._data: dict = {}
         self.ran: list[int] = []
 
-    def dataset(self, genome: "Genome"):
+    def dataset(self, genome: Genome):
         from prune_nas.training.data import load_dataset
 
         shape = (genome.input_size, genome.in_channels)
@@ -415,11 +424,11 @@ class Evaluator:
         for k, v in info.items():
             trial.set_user_attr(k, v)
         head = (f"trial {trial.number} [{origin}, seed {seed}] {genome.name or genome.key}: "
-                f"{_h(cost.params)} params, {_h(cost.flops)} FLOPs")
+                f"{human(cost.params)} params, {human(cost.flops)} FLOPs")
         over = {what: (getattr(cost, what) - limit) / limit for what, limit in self.limits.items()}
         for what, v in over.items():
             trial.set_constraint(f"max_{what}", v)
-        bad = [f"{what} {_h(getattr(cost, what))} > {_h(self.limits[what])}"
+        bad = [f"{what} {human(getattr(cost, what))} > {human(self.limits[what])}"
                for what, v in over.items() if v > 0]
         if bad:
             msg = "infeasible, not trained: " + ", ".join(bad)
@@ -473,13 +482,6 @@ def _requeue(trial: optuna.Trial, why: str) -> None:
             user_attrs=attrs, system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
-def _h(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 # ---- running ---------------------------------------------------------------------------------------------
 @dataclass
 class Counts:
@@ -527,7 +529,9 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
          data_dir=None, download: bool = False, max_infeasible: int | None = None) -> int:
     """Run trials until the study has ``trials`` settled ones (default: the target stored in the study) and
     none waiting or running; returns how many trials this worker ran. While others run the last trials it
-    waits, failing and retrying any whose worker died, so no trial is lost."""
+    waits, failing and retrying any whose worker died, so no trial is lost. It stops early once
+    ``max_infeasible`` candidates were infeasible (default: :data:`INFEASIBLE_PER_TRIAL` per trial plus
+    :data:`INFEASIBLE_SLACK`)."""
     from prune_nas.training.store import Store
 
     target = int(trials if trials is not None else study.user_attrs.get("trials", 0))
@@ -540,7 +544,8 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
         log("note: this storage has no heartbeat, so a trial whose worker is killed stays RUNNING; use "
             "SQLite or PostgreSQL for studies that must survive killed workers")
     poll = poll_s if poll_s is not None else float(hb or 2)
-    cap = max_infeasible if max_infeasible is not None else 20 * max(target, 1) + 100
+    if max_infeasible is None:
+        max_infeasible = INFEASIBLE_PER_TRIAL * max(target, 1) + INFEASIBLE_SLACK
     waited = False
     while True:
         _fail_stale(study)
@@ -553,7 +558,7 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
                 waited = True
             time.sleep(poll)
             continue
-        if c.waiting == 0 and c.infeasible >= cap:
+        if c.waiting == 0 and c.infeasible >= max_infeasible:
             log(f"stopping: {c.infeasible} candidates were infeasible; widen the space or relax the "
                 "constraint")
             break

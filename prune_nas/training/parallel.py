@@ -12,7 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# The workers share this fraction of the GPU's memory equally; the rest is headroom for what the caching
+# allocator does not count: each process's CUDA context (a few hundred MB) and the libraries' workspaces.
+GPU_MEMORY_SHARED = 0.95
+# A worker process is replaced after this many tasks, returning what long-lived processes accumulate (cached
+# allocator blocks, fragmentation, per-task data); a fresh one costs a torch import, small beside a training.
+TASKS_PER_WORKER = 8
 
 
 def start_mps() -> str:
@@ -32,7 +40,7 @@ def _init_worker(device: str, procs: int) -> None:
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(min(1.0, 0.95 / procs), torch.device(device))
+        torch.cuda.set_per_process_memory_fraction(min(1.0, GPU_MEMORY_SHARED / procs), torch.device(device))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
 
 
@@ -53,7 +61,8 @@ def map_concurrently(fn: Callable[[Any], Any], items: Sequence[Any], *, procs: i
     if procs == 1:
         return [fn(item) for item in items], status
     ctx = mp.get_context("spawn")
-    with ctx.Pool(procs, initializer=_init_worker, initargs=(device, procs), maxtasksperchild=8) as pool:
+    with ctx.Pool(procs, initializer=_init_worker, initargs=(device, procs),
+                 maxtasksperchild=TASKS_PER_WORKER) as pool:
         return pool.map(fn, items, chunksize=1), status
 
 

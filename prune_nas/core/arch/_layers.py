@@ -34,10 +34,6 @@ def evenly_spaced(kept: int, channels: int) -> torch.Tensor:
     return torch.linspace(0, channels - 1, kept).round().long()
 
 
-def conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)
-
-
 def init_weights(model: nn.Module) -> None:
     """He-normal (fan-out) convs, BN at (1, 0), linear N(0, 0.01): the init of the paper's reference code."""
     for m in model.modules():
