@@ -51,21 +51,24 @@ def installed(tmp_path_factory):
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
+                                  env=_clean_env(), capture_output=True, text=True, check=True).stdout.strip())
     # Dependencies from the test environment; its own (editable) prune_nas is not visible from there.
     (purelib / "deps-from-test-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--disable-pip-version-check", str(wheel)], check=True, capture_output=True)
+                    "--disable-pip-version-check", str(wheel)], env=_clean_env(), check=True, capture_output=True)
     return env_dir, purelib
 
 
-def _run(env_dir: Path, cwd: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess:
+def _clean_env() -> dict[str, str]:
+    # No PYTHONPATH (it would put a checkout before the wheel) and no PRUNE_NAS_HOME (outputs go to ./artifacts).
     env = {k: v for k, v in os.environ.items() if k not in ("PRUNE_NAS_HOME", "PYTHONPATH")}
-    if home is not None:
-        env["PRUNE_NAS_HOME"] = str(home)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([str(env_dir / "bin" / "prune-nas"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return env
+
+
+def _run(env_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(env_dir / "bin" / "prune-nas"), *args], cwd=cwd, env=_clean_env(),
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_wheel_runs_from_an_empty_folder(installed, tmp_path):
@@ -74,7 +77,7 @@ def test_wheel_runs_from_an_empty_folder(installed, tmp_path):
     work.mkdir()
     before = _snapshot(purelib)
     where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import prune_nas; print(prune_nas.__file__)"],
-                           cwd=work, capture_output=True, text=True, check=True).stdout
+                           cwd=work, env=_clean_env(), capture_output=True, text=True, check=True).stdout
     assert str(purelib) in where, where  # the wheel, not the checkout
 
     info = _run(env_dir, work, "genome", "info", "vgg16-a", "--json")
