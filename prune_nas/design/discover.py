@@ -156,6 +156,18 @@ def large_key(genome, dataset: str, protocol, reg: dict | None, seed: int) -> tu
     return _hash(d), d
 
 
+def large_model_init(genome, seed: int):
+    """The large model as ``discover`` initialises it before training: ``build(genome)`` right after
+    ``torch.manual_seed(seed)``. A winning-ticket run (``prune_nas.design.ticket``) re-creates the same
+    weights from the seed and genome recorded in a discovered genome's provenance."""
+    import torch
+
+    from prune_nas.core.builder import build
+
+    torch.manual_seed(seed)
+    return build(genome)
+
+
 def trained_large_model(method: Method, genome, dataset: str, data, protocol, params: dict, *, seed: int,
                         device: str = "cpu", store_root: str | os.PathLike | None = None, progress: bool = True,
                         log: Callable[[str], None] = print):
@@ -163,7 +175,6 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     Returns ``(model on the CPU in eval mode, info dict)``."""
     import torch
 
-    from prune_nas.core.builder import build
     from prune_nas.core.genome import atomic_write_text
     from prune_nas.core.version import __version__
     from prune_nas.training.loop import train_model
@@ -177,8 +188,7 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     folder = folder / "large"
     pt, meta = folder / f"{key}.pt", folder / f"{key}.json"
 
-    torch.manual_seed(seed)
-    model = build(genome)
+    model = large_model_init(genome, seed)
     callbacks = []
     if reg is not None:  # callbacks may add parameters (SSS block scales): attach before loading weights
         callbacks = method.training_callbacks(model, genome=genome, **schedule, **params)
@@ -359,7 +369,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if large is not None:
         provenance["pruned_from"]["large_model"] = {"key": large["key"], "test_top1": large["test_top1"],
-                                               "epochs": large["epochs"], "device": str(device)}
+                                               "epochs": large["epochs"], "device": str(device),
+                                               "init": {"seed": seed, "genome": base.arch_dict()}}
         if large.get("training"):  # e.g. slimming's effective s and how it was derived
             provenance["pruned_from"]["large_model"]["training"] = large["training"]
             if large["training"].get("text"):
