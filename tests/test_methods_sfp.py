@@ -7,7 +7,7 @@ import torch
 from prune_nas import base_genome, build
 from prune_nas.design.discover import discover
 from prune_nas.methods import get_method
-from prune_nas.methods.sfp import SoftFilterZeroing, filter_l2, layer_convs, pruned_count
+from prune_nas.methods.sfp import filter_l2, layer_convs, pruned_count
 from prune_nas.training.data import load_dataset
 from prune_nas.training.loop import train_model
 from prune_nas.training.protocol import Protocol

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import prune_nas.training.loop as loop
 from prune_nas.core.errors import UserError
 from prune_nas.core.genome import load_genome
 from prune_nas.core.masks import load_masks
 from prune_nas.design.discover import discover
 from prune_nas.design.ticket import attach_ticket, ticket_state
 from prune_nas.methods.surgery import state_of
+from prune_nas.training import loop
 from prune_nas.training.protocol import Protocol
 from prune_nas.training.runs import RunSpec, init_model
 
@@ -69,9 +69,11 @@ def test_the_run_key_names_the_original_init(tmp_path):
     b = _discover(tmp_path / "b", "l1-norm", ratio=0.5, seed=1)
     ta = attach_ticket(a, tmp_path / "a" / "t.pt")
     tb = attach_ticket(b, tmp_path / "b" / "t.pt")
-    spec = lambda g, init: RunSpec(g, "synthetic", Protocol(epochs=1), seed=0, init=init)  # noqa: E731
+    def spec(g, init):
+        return RunSpec(g, "synthetic", Protocol(epochs=1), seed=0, init=init)
+
     assert spec(ta, "winning_ticket").key != spec(ta, "scratch").key
-    assert spec(ta, "winning_ticket").init_dict()["seed"] == 0 and spec(tb, "winning_ticket").init_dict()["seed"] == 1
+    assert [spec(t, "winning_ticket").init_dict()["seed"] for t in (ta, tb)] == [0, 1]
     assert ta.widths == tb.widths  # same architecture (l1-norm at a fixed ratio), another large-model init:
     assert spec(ta, "winning_ticket").key != spec(tb, "winning_ticket").key  # another run
     again = attach_ticket(a, tmp_path / "a" / "t2.pt")  # derived again: the same run
@@ -85,4 +87,4 @@ def test_a_genome_without_the_record_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="large model's initialisation"):
         attach_ticket(g, tmp_path / "t.pt")
     with pytest.raises(UserError, match="winning-ticket"):
-        RunSpec(g, "synthetic", init="winning_ticket").key
+        _ = RunSpec(g, "synthetic", init="winning_ticket").key
