@@ -12,7 +12,7 @@ bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in 
 
 with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<settings>]``, ``tag``
 ``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` what differs from the defaults: the large
-model's epochs (``-10ep``), the input size (``-24px``), the method parameters the tag does not show
+model's epochs (``-10ep``) and initial learning rate (``-lr0.01``), the input size (``-24px``), the method parameters the tag does not show
 (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model is narrower than the named base
 model (``width != 1``) its genome is written too (``<model>-x<width>-<dataset>.json``) and recorded as the
 ``reference`` that reductions and Scratch-B budgets are measured against.
@@ -92,11 +92,14 @@ def default_input_size(spec, dataset: str) -> int:
     return max(short, get_family(spec.family).min_input_size(spec)) if short else spec.input_size
 
 
-def protocol_for(dataset: str, epochs: int | None = None):
-    """The large model's training protocol: the paper's, or the short documented schedule for digits."""
+def protocol_for(dataset: str, epochs: int | None = None, lr: float | None = None):
+    """The large model's training protocol: the paper's, or the short documented schedule for digits; ``lr``
+    replaces the initial learning rate (its steps stay)."""
     from prune_nas.training.protocol import Protocol
 
-    protocol = Protocol.for_dataset(dataset)
+    if lr is not None and not lr > 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
+    protocol = Protocol.for_dataset(dataset, **({"lr": float(lr)} if lr is not None else {}))
     short = SHORT.get(dataset, {}).get("epochs")
     if epochs is not None:
         if epochs < 1:
@@ -145,6 +148,18 @@ def large_key(genome, dataset: str, protocol, reg: dict | None, seed: int) -> tu
     return _hash(d), d
 
 
+def large_model_init(genome, seed: int):
+    """The large model as ``discover`` initialises it before training: ``build(genome)`` right after
+    ``torch.manual_seed(seed)``. A winning-ticket run (``prune_nas.design.ticket``) re-creates the same
+    weights from the seed and genome recorded in a discovered genome's provenance."""
+    import torch
+
+    from prune_nas.core.builder import build
+
+    torch.manual_seed(seed)
+    return build(genome)
+
+
 def trained_large_model(method: Method, genome, dataset: str, data, protocol, params: dict, *, seed: int,
                         device: str = "cpu", store_root: str | os.PathLike | None = None, progress: bool = True,
                         log: Callable[[str], None] = print):
@@ -152,7 +167,6 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     Returns ``(model on the CPU in eval mode, info dict)``."""
     import torch
 
-    from prune_nas.core.builder import build
     from prune_nas.core.genome import atomic_write_text
     from prune_nas.core.version import __version__
     from prune_nas.training.loop import train_model
@@ -166,8 +180,7 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     folder = folder / "large"
     pt, meta = folder / f"{key}.pt", folder / f"{key}.json"
 
-    torch.manual_seed(seed)
-    model = build(genome)
+    model = large_model_init(genome, seed)
     callbacks = []
     if reg is not None:  # callbacks may add parameters (SSS block scales): attach before loading weights
         callbacks = method.training_callbacks(model, genome=genome, **schedule, **params)
@@ -220,14 +233,15 @@ _TAGGED = ("ratio", "config", "like", "sparsity")
 
 
 def run_name(model: str, width: float, dataset: str, method: str, params: dict, seed: int | None, *,
-             epochs: int | None = None, input_size: int | None = None) -> str:
+             epochs: int | None = None, input_size: int | None = None, lr: float | None = None) -> str:
     """A discovered genome's file name (no suffix):
-    ``<model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<E>ep][-<N>px][-<param>=<value>...]``.
+    ``<model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<E>ep][-lr<LR>][-<N>px][-<param>=<value>...]``.
 
     The documented prefix (``vgg16-cifar10-slimming-r0.4-s0``; ``seed=None`` leaves ``-s<seed>`` out) is
     followed by what else tells runs apart, each only where it differs from the default, so that default runs
     keep the short name: ``epochs`` of the large model's training (against the dataset's default schedule:
-    digits 20, CIFAR 160, ImageNet 90; not for methods that train nothing), ``input_size`` (against the
+    digits 20, CIFAR 160, ImageNet 90; not for methods that train nothing), its initial ``lr`` (against
+    0.1; likewise), ``input_size`` (against the
     model's default on the dataset), and the method's parameters the tag does not show (a ``seed`` parameter
     only when it is not the run's seed).
 
@@ -250,6 +264,8 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
     m = get_method(method)
     if epochs is not None and m.needs_training and epochs != protocol_for(dataset).epochs:
         parts.append(f"{epochs}ep")
+    if lr is not None and m.needs_training and lr != protocol_for(dataset).lr:
+        parts.append(f"lr{lr:g}")
     if input_size is not None and input_size != default_input_size(get_spec(model), dataset):
         parts.append(f"{input_size}px")
     for p in m.params:
@@ -274,13 +290,13 @@ def _name_value(v) -> str:
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,
              seed: int = 0, width: float | None = None, epochs: int | None = None, input_size: int | None = None,
-             params: dict[str, Any] | None = None, device: str = "cpu", data_dir=None, download: bool = False,
+             lr: float | None = None, params: dict[str, Any] | None = None, device: str = "cpu", data_dir=None, download: bool = False,
              out_dir: str | os.PathLike | None = None, store_root: str | os.PathLike | None = None,
              progress: bool = True, log: Callable[[str], None] = print, data=None) -> Discovered:
     """Train (or reuse) the large model, prune it with ``method``, write genome + inherited weights (+ masks).
 
     ``params`` are the method's own parameters (``prune-nas methods`` lists them); ``ratio`` is a shortcut for
-    ``params["ratio"]``. Every check a user can fail (unknown method, model or dataset, a ratio outside (0, 1),
+    ``params["ratio"]``; ``lr`` replaces the large model's initial learning rate. Every check a user can fail (unknown method, model or dataset, a ratio outside (0, 1),
     a method that does not apply to the family, a bad method parameter) runs before any training. ``data``:
     the dataset already loaded at the model's input size (else it is loaded when the method trains).
 
@@ -316,7 +332,7 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     size = input_size or default_input_size(spec, dataset)
     base = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=size, width_mult=width)
     m.check(base, **full)
-    protocol = protocol_for(dataset, epochs)
+    protocol = protocol_for(dataset, epochs, lr)
 
     large_model, large = None, None
     if m.needs_training:
@@ -330,7 +346,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
 
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    name = run_name(model, width, dataset, m.name, full, seed, epochs=protocol.epochs, input_size=size)
+    name = run_name(model, width, dataset, m.name, full, seed, epochs=protocol.epochs, input_size=size,
+                    lr=protocol.lr)
     reference = model
     if width != 1:
         ref_name = f"{model}-x{width:g}-{dataset}"
@@ -348,7 +365,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if large is not None:
         provenance["pruned_from"]["large_model"] = {"key": large["key"], "test_top1": large["test_top1"],
-                                               "epochs": large["epochs"], "device": str(device)}
+                                               "epochs": large["epochs"], "device": str(device),
+                                               "init": {"seed": seed, "genome": base.arch_dict()}}
         if large.get("training"):  # e.g. slimming's effective s and how it was derived
             provenance["pruned_from"]["large_model"]["training"] = large["training"]
             if large["training"].get("text"):

@@ -133,7 +133,9 @@ def shrink(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor],
     index set, a selection of a channel that is pruned or that the large model does not read, or a sparse
     genome (masks are per weight of the large layer shapes: prune channels before sparsifying).
 
-    The returned genome has no name and the large genome's provenance; the caller names it.
+    The returned genome has no name and the large genome's provenance plus ``kept_channels``: the cleaned
+    ``keep`` (group -> sorted ids), so the same slicing can be applied to other weights of the large model,
+    e.g. its initialisation for a winning-ticket run (``prune_nas.design.ticket``); the caller names it.
     Exactness: with every group kept whole the small model computes exactly what the large one does.
     When a residual stream is narrowed, the kept channels are exact wherever shortcuts are convolutions
     (ImageNet ResNets, PreResNets); a CIFAR ResNet's zero-padding shortcut maps channel i of one stage to
@@ -219,7 +221,8 @@ def shrink(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor],
         new[f"{slot}.index"] = idx
 
     widths = {g: len((sel_pos if groups.kind(g) == "select" else kept)[groups.members[g][0]]) for g in groups.names}
-    small = genome.replace(widths=widths, name=None)
+    kept_ids = {g: np.unique(np.asarray(list(ids), dtype=np.int64)).tolist() for g, ids in keep.items()}
+    small = genome.replace(widths=widths, name=None, provenance={**genome.provenance, "kept_channels": kept_ids})
     _check_shapes(small, new)
     return small, new
 

@@ -50,7 +50,11 @@ rows. Settings:
 Row keys: ``model``, ``dataset``, ``method``, ``ratio`` or ``config`` (shortcuts for the method's parameters),
 ``params`` (any other method parameter, as ``prune-nas methods`` lists them), ``label`` (how the report names
 the row), ``reported`` (the paper's numbers: unpruned, finetune, scratch-e, scratch-b), and the settings
-``epochs``, ``finetune_epochs``, ``width``, ``input_size``, ``cap``, ``ratios``, ``source``.
+``epochs``, ``finetune_epochs``, ``width``, ``input_size``, ``cap``, ``ratios``, ``source``. A row may also set
+``lr``, the initial learning rate of the large model and of the runs trained from scratch (default 0.1; the
+lr steps stay; fine-tuning keeps its 0.001), and ``init``: ``scratch`` (default, a fresh initialisation) or
+``winning_ticket`` (a comparison row's Scratch-E / Scratch-B runs start from the large model's original
+initialisation, sliced to the kept channels or masked: ``prune_nas.design.ticket``; Section 6).
 
 Kinds, and the runs each row expands into (per seed):
 
@@ -108,7 +112,8 @@ TOP_KEYS = ("format", "version", "name", "title", "paper", "kind", "description"
             *SETTINGS)
 SCALE_KEYS = ("rows", *SETTINGS)
 ROW_KEYS = ("model", "dataset", "method", "ratio", "config", "params", "label", "reported", "epochs",
-            "finetune_epochs", "width", "input_size", "cap", "ratios", "source")
+            "finetune_epochs", "width", "input_size", "cap", "ratios", "source", "lr", "init")
+ROW_INITS = ("scratch", "winning_ticket")  # a row's init: how its Scratch-E / Scratch-B runs start
 REPORTED_KEYS = ("unpruned", "finetune", "scratch-e", "scratch-b", "widths")
 DEFAULT_SERIES = {"efficiency": ("pruned", "uniform"), "guided": SERIES}
 
@@ -140,6 +145,8 @@ class Row:
     series: tuple[str, ...] = ()
     source: tuple[str, str] | None = None  # (model, dataset) of a transferred pattern
     reported: dict = field(default_factory=dict)
+    lr: float | None = None  # initial lr of the large model and the scratch runs (None: the protocol's 0.1)
+    init: str = "scratch"  # how Scratch-E / Scratch-B runs start: scratch or winning_ticket
 
     @property
     def ratio(self) -> float | None:
@@ -165,7 +172,7 @@ class Row:
         ``discover`` trains the large model with)."""
         from prune_nas.training.protocol import Protocol
 
-        return Protocol.for_dataset(self.dataset, epochs=self.epochs)
+        return Protocol.for_dataset(self.dataset, epochs=self.epochs, **({"lr": self.lr} if self.lr else {}))
 
     def finetune_protocol(self):
         from prune_nas.training.protocol import Protocol
@@ -460,6 +467,12 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
         fail(field_of("method"), "a kernels experiment needs a non-structured method (magnitude)")
     if kind == "comparison" and not method.needs_training:
         fail(field_of("method"), f"{method.name} inherits no weights, so it has no fine-tuned column")
+    lr = number("lr", float) if "lr" in r else None
+    init = r.get("init", "scratch")
+    if init not in ROW_INITS:
+        fail(f"{at}.init", f"use one of {', '.join(ROW_INITS)}, got {init!r}")
+    if init != "scratch" and kind != "comparison":
+        fail(f"{at}.init", "only comparison rows train from a winning ticket")
     reported = r.get("reported") or {}
     if not isinstance(reported, dict) or any(k not in REPORTED_KEYS for k in reported):
         fail(f"{at}.reported", f"a mapping of {', '.join(REPORTED_KEYS)} to the paper's numbers")
@@ -470,7 +483,7 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
               label=label or _label(method.name, params), seeds=seeds, epochs=epochs,
               finetune_epochs=finetune_epochs, width=width, input_size=input_size,
               cap=cap, budgets=tuple(b for b in BUDGETS if b in budgets), budget=budget, ratios=ratios,
-              series=series, source=source, reported=dict(reported))
+              series=series, source=source, reported=dict(reported), lr=lr, init=init)
     # The deep checks: the model builds at this input size, and the method accepts it with these parameters.
     try:
         base = row.base_genome()
@@ -671,7 +684,7 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     protocol = replace(row, dataset=dataset).protocol()
     folder = ctx.out / "genomes"
     name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
-                    input_size=base.input_size)
+                    input_size=base.input_size, lr=protocol.lr)
     path, side = folder / f"{name}.json", folder / f"{name}.run.json"
     key = _hash({"base": base.arch_dict(), "dataset": dataset, "protocol": protocol.to_dict(), "method": m.name,
                  "params": full, "seed": seed})
@@ -682,7 +695,7 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     if path.exists() and old.get("key") == key:
         return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True, wall=old.get("wall_time_s", 0.0))
     d = discover(m.name, model=model, dataset=dataset, seed=seed, width=row.width, epochs=row.epochs,
-                 input_size=row.input_size, params=given, device=ctx.device, data_dir=ctx.data_dir,
+                 input_size=row.input_size, lr=row.lr, params=given, device=ctx.device, data_dir=ctx.data_dir,
                  download=ctx.download, out_dir=folder, store_root=ctx.store.root, progress=ctx.progress,
                  log=ctx.log)
     if d.path.resolve() != path.resolve():  # the name is discover's own run_name; a mismatch is a bug here
@@ -717,16 +730,22 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     if budget == "finetune":
         protocol, b, init = row.finetune_protocol(), Budget("epochs"), "finetune"
     elif budget == "scratch-b":
-        protocol, b, init = row.protocol(), Budget("flops", reference=reference, cap=row.cap), "scratch"
+        protocol, b, init = row.protocol(), Budget("flops", reference=reference, cap=row.cap), row.init
     else:
-        protocol, b, init = row.protocol(), Budget("epochs"), "scratch"
+        protocol, b, init = row.protocol(), Budget("epochs"), row.init
+    if init == "winning_ticket" and role != "unpruned":
+        from prune_nas.design.ticket import attach_ticket
+
+        genome = attach_ticket(genome, genome.source_dir / f"{genome.name}.ticket.pt")
+    elif init == "winning_ticket":
+        init = "scratch"  # the unpruned model is the large model itself, trained from its own init
     spec = RunSpec(genome, dataset, protocol, b, seed, init)
     found = ctx.store.get(spec.key)
     reused = found is not None and (found.get("status") == "ok" or not ctx.retry_failed)
     data = None if reused else ctx.dataset(dataset, genome)
     rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
               retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
-    entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget,
+    entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget, "init": init,
              "genome": genome.name or genome.key, "key": rec["key"], "store": "runs", "status": rec["status"],
              "reason": rec.get("reason"), "final_top1": rec.get("final_top1"), "best_top1": rec.get("best_top1"),
              "final_top5": rec.get("final_top5"), "epochs": rec.get("epochs"), "params": rec.get("params"),

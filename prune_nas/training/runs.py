@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 RUN_FORMAT = "prune-nas.run"
 RUN_VERSION = 1
-INITS = ("scratch", "finetune")
+INITS = ("scratch", "finetune", "winning_ticket")
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -34,6 +34,11 @@ class RunSpec:
 
     ``init="finetune"`` starts from the inherited weights named by ``genome.provenance["weights"]``
     (``{"file": relative .pt path, "sha256": ...}``); their hash is part of the key.
+
+    ``init="winning_ticket"`` starts from the large model's *original initialisation*, sliced to the kept
+    channels (or masked, for a sparse genome): the file ``genome.provenance["ticket"]`` names
+    (``prune_nas.design.ticket.attach_ticket`` derives and writes it). The key holds what identifies that
+    initialisation: the large model's seed and genome, and the kept channels or the mask.
     """
 
     genome: "Genome"
@@ -58,6 +63,9 @@ class RunSpec:
     def init_dict(self) -> dict:
         if self.init == "scratch":
             return {"kind": "scratch"}
+        if self.init == "winning_ticket":
+            ticket = ticket_record(self.genome)
+            return {"kind": "winning_ticket", **{k: ticket[k] for k in ("seed", "large_genome", "kept")}}
         return {"kind": "finetune", "weights_sha256": inherited_weights(self.genome)[1]}
 
     def key_dict(self) -> dict:
@@ -80,25 +88,39 @@ class RunSpec:
         return d
 
 
-def inherited_weights(genome: "Genome") -> tuple["Path", str]:
-    """Path and SHA-256 of the inherited weights a genome names in ``provenance["weights"]``."""
+def inherited_weights(genome: "Genome", field: str = "weights") -> tuple["Path", str]:
+    """Path and SHA-256 of the inherited weights a genome names in ``provenance["weights"]`` (or of the
+    winning-ticket initialisation in ``provenance["ticket"]``, with ``field="ticket"``)."""
     from pathlib import Path
 
     from prune_nas.core.errors import UserError
     from prune_nas.core.masks import file_sha256
 
-    ref = genome.provenance.get("weights")
+    what = "inherited weights" if field == "weights" else "winning-ticket weights"
+    ref = ticket_record(genome) if field == "ticket" else genome.provenance.get(field)
     if not ref:
         raise UserError(f"genome {genome.name or genome.key} names no inherited weights "
                         "(provenance.weights); fine-tuning needs the pruning method's output")
     file, sha = (ref["file"], ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
     path = (genome.source_dir or Path.cwd()) / file
     if not path.exists():
-        raise UserError(f"inherited weights not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     actual = file_sha256(path)
     if sha is not None and sha != actual:
-        raise UserError(f"inherited weights {path} do not match the sha256 recorded in the genome")
+        raise UserError(f"{what} {path} do not match the sha256 recorded in the genome")
     return path, actual
+
+
+def ticket_record(genome: "Genome") -> dict:
+    """``genome.provenance["ticket"]``: the winning-ticket file and what identifies the initialisation."""
+    from prune_nas.core.errors import UserError
+
+    ticket = genome.provenance.get("ticket")
+    if not isinstance(ticket, dict) or not all(k in ticket for k in ("file", "seed", "large_genome", "kept")):
+        raise UserError(f"genome {genome.name or genome.key} names no winning-ticket initialisation "
+                        "(provenance.ticket); it is derived for genomes pruned by `prune-nas discover` "
+                        "(prune_nas.design.ticket.attach_ticket)")
+    return ticket
 
 
 def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome":
@@ -114,20 +136,21 @@ def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome"
 
 
 def init_model(spec: RunSpec) -> nn.Module:
-    """A fresh model for the spec (seeded by the spec's seed), or the inherited weights for fine-tuning."""
+    """A fresh model for the spec (seeded by the spec's seed), or the inherited weights for fine-tuning, or
+    the winning-ticket initialisation."""
     from prune_nas.core.builder import build
 
     torch.manual_seed(spec.seed)
     model = build(spec.genome)
-    if spec.init == "finetune":
+    if spec.init != "scratch":
         from prune_nas.core.errors import UserError
 
-        path, _ = inherited_weights(spec.genome)
+        path, _ = inherited_weights(spec.genome, "ticket" if spec.init == "winning_ticket" else "weights")
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("weight_mask")]  # masks come from the genome
         if missing or unexpected:
-            raise UserError(f"inherited weights {path} do not fit the genome: missing {missing[:3]}, "
+            raise UserError(f"weights {path} do not fit the genome: missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}")
         with torch.no_grad():  # the genome's mask wins over whatever the file holds
             for m in model.modules():
