@@ -43,7 +43,7 @@ def test_every_method_declares_itself():
 def test_training_hooks_are_declared_with_plain_training_as_the_default():
     model_name, kw = TINY["resnet"]
     g = base_genome(model_name, **kw)
-    assert {m.name for m in list_methods() if m.regularizes_training} == {"slimming", "sss"}
+    assert {m.name for m in list_methods() if m.regularizes_training} == {"sfp", "slimming", "sss"}
     assert {m.name for m in list_methods() if not m.structured} == {"magnitude"}
     for m in list_methods():
         if not m.regularizes_training:

@@ -104,6 +104,7 @@ class SoftFilterPruning(Method):
     families = ("resnet", "vgg")
     params = (Param("ratio", DEFAULT_RATIO, "fraction of filters removed from every pruned layer, floor(n * "
                                             "ratio) (the reference's --rate is the kept fraction: 1 - ratio)"),)
+    regularizes_training = True  # the large model trains with the per-epoch zeroing callback
     training_params = ("ratio",)
 
     def check(self, genome, ratio=DEFAULT_RATIO, **kwargs) -> None:
