@@ -77,7 +77,7 @@ def test_paper_scale_settings_follow_the_paper():
                                               "ResNet-110-B"]
     t8 = load_spec(ROOT / "experiments" / "table8_widths.yaml").plan("paper")
     (row,) = t8.rows
-    assert (row.model, row.dataset, row.ratio, len(row.seeds)) == ("vgg16", "cifar10", 0.4, 5)
+    assert (row.model, row.dataset, row.ratio, len(row.seeds)) == ("vgg16", "cifar10", 0.6, 5)
     assert len(row.reported["widths"]) == 13
     f5 = load_spec(ROOT / "experiments" / "figure5_guided.yaml")
     assert {(r.model, r.dataset, r.source) for r in f5.plan("paper").rows} == {("vgg19", "cifar100",

@@ -293,9 +293,10 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
 
     ``params`` are the method's own parameters (``prune-nas methods`` lists them); ``ratio`` is a shortcut for
     ``params["ratio"]``. ``protocol``: the large model's training protocol (default: the dataset's, at
-    ``epochs``; an experiment row passes its own lr schedule). Every check a user can fail (unknown method, model or dataset, a ratio outside (0, 1),
-    a method that does not apply to the family, a bad method parameter) runs before any training. ``data``:
-    the dataset already loaded at the model's input size (else it is loaded when the method trains).
+    ``epochs``; an experiment row passes its own lr schedule). Every check a user can fail (unknown method,
+    model or dataset, a ratio outside (0, 1), a method that does not apply to the family, a bad method
+    parameter) runs before any training. ``data``: the dataset already loaded at the model's input size (else
+    it is loaded when the method trains).
 
     >>> d = discover("uniform", dataset="synthetic", ratio=0.5, out_dir=__import__("tempfile").mkdtemp(),
     ...              log=lambda s: None)

@@ -286,7 +286,7 @@ def parse_spec(raw: Any, path: str | os.PathLike | None = None) -> Spec:
     return spec
 
 
-# ---- schema errors, as one line ----------------------------------------------------------------------------------
+# ---- schema errors, as one line ---------------------------------------------------------------------------
 def _check_schema(raw: dict, fail) -> None:
     import jsonschema
 
@@ -357,7 +357,8 @@ def _explain(e) -> tuple[list, str]:
         name = next((p for p in reversed(at) if isinstance(p, str)), "value")
         return at, f"unknown {name} {_short(v)}; use one of {', '.join(map(str, want))}"
     if kw == "type":
-        return at, f"must be {' or '.join(_TYPES.get(t, t) for t in ([want] if isinstance(want, str) else want))}{got}"
+        types = [want] if isinstance(want, str) else want
+        return at, f"must be {' or '.join(_TYPES.get(t, t) for t in types)}{got}"
     if kw in _BOUNDS:
         return at, f"must be {_BOUNDS[kw]} {want:g}{got}"
     if kw == "minItems":
@@ -376,7 +377,7 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# ---- plans -------------------------------------------------------------------------------------------------------
+# ---- plans ------------------------------------------------------------------------------------------------
 def _plan(spec: Spec, scale: str) -> Plan:
     raw = spec.raw
     where = str(spec.path) if spec.path else "experiment spec"
@@ -722,9 +723,9 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     if path.exists() and old.get("key") == key:
         return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True, wall=old.get("wall_time_s", 0.0))
     d = discover(m.name, model=model, dataset=dataset, seed=seed, width=row.width, epochs=row.epochs,
-                 input_size=row.input_size, params=given, protocol=protocol, device=ctx.device, data_dir=ctx.data_dir,
-                 download=ctx.download, out_dir=folder, store_root=ctx.store.root, progress=ctx.progress,
-                 log=ctx.log)
+                 input_size=row.input_size, params=given, device=ctx.device, data_dir=ctx.data_dir,
+                 protocol=protocol, download=ctx.download, out_dir=folder, store_root=ctx.store.root,
+                 progress=ctx.progress, log=ctx.log)
     if d.path.resolve() != path.resolve():  # the name is discover's own run_name; a mismatch is a bug here
         raise RuntimeError(f"discover wrote {d.path}, expected {path}")
     large = dict(d.large) if d.large else None
