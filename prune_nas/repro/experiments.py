@@ -30,9 +30,13 @@ Settings may be given at the top level (all scales), in a scale, or in a row; th
 rows. Settings:
 
 ==================  ==================================================================================
-``seeds``           number of seeds (0..n-1) or a list of seeds
+``seeds``           number of seeds (0..n-1, at most 100) or a list of seeds; a row's ``seeds: 1`` marks the
+                    paper's single runs (ImageNet)
 ``epochs``          base epochs: the large model and Scratch-E (default: 160, ImageNet 90)
 ``finetune_epochs`` fine-tuning epochs at lr 0.001 (default 40; the paper uses 20/10/5 on ImageNet)
+``lr``              initial lr of the large model, the unpruned model and Scratch-E/B (default 0.1)
+``lr_milestones``   epochs of the base schedule where the lr drops x0.1 (default 50%/75%; ImageNet every 30);
+                    Scratch-B stretches them with its epochs
 ``dataset``         digits, synthetic, cifar10, cifar100, imagenet
 ``width``           width multiplier of the large model (default 1)
 ``input_size``      input resolution (default: the model's, 32 CIFAR / 224 ImageNet)
@@ -48,9 +52,15 @@ rows. Settings:
 ==================  ==================================================================================
 
 Row keys: ``model``, ``dataset``, ``method``, ``ratio`` or ``config`` (shortcuts for the method's parameters),
-``params`` (any other method parameter, as ``prune-nas methods`` lists them), ``label`` (how the report names
-the row), ``reported`` (the paper's numbers: unpruned, finetune, scratch-e, scratch-b), and the settings
-``epochs``, ``finetune_epochs``, ``width``, ``input_size``, ``cap``, ``ratios``, ``source``.
+``params`` (pinned method parameters, as ``prune-nas methods`` lists them), ``label`` (how the report names
+the row), ``reported`` (the paper's numbers: unpruned, finetune, scratch-e, scratch-b, and for Tables 2-3
+unpruned_original, the original paper's baseline of its fine-tuned column; each a number or ``{mean, std,
+source, note}``, source saying whether a disputed number follows the paper or the reference code's README),
+and the settings ``seeds``, ``epochs``, ``finetune_epochs``, ``width``, ``input_size``, ``cap``, ``lr``,
+``lr_milestones``, ``ratios``, ``source``.
+
+The JSON Schema ``prune_nas/core/schema/spec.schema.json`` (:func:`schema`) holds every key, type and bound
+(finite positive numbers, at most 100 seeds, unknown keys rejected); it is checked before anything else.
 
 Kinds, and the runs each row expands into (per seed):
 
