@@ -161,6 +161,9 @@ def test_every_family_gives_a_valid_genome_and_better_weights_than_random(model_
     again = Genome.from_json(small.to_json())  # schema + semantic validation
     assert again.key == small.key and small.provenance["method"] == "thinet"
     prunable = {link.group for link in links(genome)}
+    if genome.family == "vgg":  # a ratio leaves the last stage alone, as ThiNet-Conv does
+        last = max(map(genome.groups.stage, genome.groups.names))
+        prunable = {g for g in prunable if genome.groups.stage(g) < last}
     assert prunable
     for g, w in genome.widths.items():
         assert small.widths[g] == (max(1, int(w * 0.5)) if g in prunable else w), g
@@ -241,6 +244,17 @@ def test_named_configs_give_the_library_widths(alias):
 
 
 @pytest.mark.slow
+def test_a_ratio_on_vgg16_leaves_the_last_stage_as_thinet_conv_does():
+    """ThiNet-Conv halves conv1-10 of VGG-16 and keeps conv11-13: --ratio 0.5 gives exactly its widths."""
+    genome = base_genome("vgg16-imagenet")
+    by_ratio, _ = THINET.targets(genome, 0.5, None)
+    by_config, _ = THINET.targets(genome, None, "vgg-conv")
+    assert by_ratio == by_config
+    assert sorted(by_ratio, key=lambda g: int(g[4:])) == [f"conv{i}" for i in range(1, 11)]
+    # Regression (He et al.) keeps its uniform ratio over every prunable layer.
+    assert len(REGISTRY["regression"].targets(genome, 0.5, None)[0]) == 13
+
+
 def test_named_config_end_to_end_on_vgg16_gap():
     genome = base_genome("vgg16-imagenet-gap")
     model = randomized(genome)

@@ -213,3 +213,71 @@ def test_report_cli_user_errors(tmp_path, capsys):
     (bad / "manifest.json").write_text("{}")
     assert main(["report", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "is not a prune-nas experiment manifest" in capsys.readouterr().err
+
+
+# ---- paper vs ours -----------------------------------------------------------------------------------------
+PAPER = {"unpruned": {"mean": 91.5, "std": 0.6}, "finetune": {"mean": 81.0, "std": 0.5},
+         "scratch-e": {"mean": 80.0, "std": 0.1, "source": "paper",
+                       "note": "the reference code's README reports 80.1"},
+         "scratch-b": 93.0}
+
+
+def test_paper_vs_ours_per_cell_and_verdict(tmp_path):
+    from prune_nas.repro.compare import paper_vs_ours
+
+    m = _manifest(rows=[_row(reported=PAPER)], runs=_comparison_runs())
+    (r,) = paper_vs_ours(m, comparison_cells(m))
+    c = r["columns"]
+    # Ours (ACC): unpruned 91.00 ± 1.00, fine-tuned 80.00 ± 1.00, Scratch-E 80.17 ± 1.04,
+    # Scratch-B 95.00 ± 1.00.
+    assert c["unpruned"]["diff"] == pytest.approx(-0.5)
+    assert c["unpruned"]["in_paper_spread"] is True and c["unpruned"]["in_our_spread"] is True
+    assert c["finetune"]["diff"] == pytest.approx(-1.0)
+    assert c["finetune"]["in_paper_spread"] is False and c["finetune"]["in_our_spread"] is True
+    assert c["scratch-e"]["diff"] == pytest.approx(0.1667, abs=1e-3)
+    assert c["scratch-e"]["in_paper_spread"] is False
+    assert c["scratch-b"]["diff"] == pytest.approx(2.0)
+    assert c["scratch-b"]["in_paper_spread"] is None, "a number without std: no paper spread"
+    assert c["scratch-b"]["in_our_spread"] is False
+    v = r["verdict"]
+    assert (v["paper"], v["ours"], v["agrees"]) == (True, True, True)
+    assert v["ours_why"] == "Scratch-B 95.00 vs Fine-tuned 80.00"
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps(m))
+    files = render(run, tmp_path / "out")
+    md = files[0].read_text()
+    assert "## Paper vs ours" in md
+    assert "| VGG-11 50% | Fine-tuned | 80.00 ± 1.00 | 81.00 ± 0.50 | -1.00 | no | yes |" in md
+    assert "| VGG-11 50% | Scratch-E | 80.17 ± 1.04 | 80.00 ± 0.10 [1] | +0.17 | no | yes |" in md
+    assert ("[1] VGG-11 50%, Scratch-E: the paper's 80.00 (source: paper); the reference code's README reports "
+            "80.1.") in md
+    assert ("- **VGG-11 50%** (digits): paper: scratch >= fine-tuned (Scratch-B 93.00 vs Fine-tuned 81.00); "
+            "this run: holds (Scratch-B 95.00 vs Fine-tuned 80.00); agrees with the paper.") in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "paper_vs_ours.csv").read_text())))
+    assert [r["column"] for r in rows] == ["unpruned", "finetune", "scratch-e", "scratch-b"]
+    assert rows[1]["diff"] == "-1.0000" and rows[1]["in_paper_spread"] == "0" and rows[3]["paper_std"] == ""
+
+
+def test_verdict_when_fine_tuning_wins_and_relative_layout():
+    """Table 6 ImageNet style: the paper has fine-tuning ahead; here our fine-tuned cell wins too. Relative
+    layout: ours are differences from our unpruned mean, compared with the paper's printed differences."""
+    from prune_nas.repro.compare import paper_vs_ours
+
+    acc = {"unpruned": [0.90] * 3, "finetune": [0.89, 0.90, 0.88], "scratch-e": [0.85] * 3,
+           "scratch-b": [0.86] * 3}
+    reported = {"unpruned": 71.51, "unpruned_original": 71.03, "finetune": -1.0, "scratch-e": -2.75,
+                "scratch-b": -3.0}
+    m = _manifest(rows=[_row(reported=reported)], runs=_comparison_runs(acc), layout="relative")
+    (r,) = paper_vs_ours(m, comparison_cells(m))
+    c = r["columns"]
+    assert c["unpruned"]["ours"] == pytest.approx(90.0) and c["unpruned"]["diff"] == pytest.approx(18.49)
+    assert c["finetune"]["ours"] == pytest.approx(-1.0) and c["finetune"]["diff"] == pytest.approx(0.0)
+    assert c["scratch-e"]["ours"] == pytest.approx(-5.0) and c["scratch-e"]["in_our_spread"] is False
+    v = r["verdict"]
+    assert (v["paper"], v["ours"], v["agrees"]) == (False, False, True)
+    m2 = _manifest(rows=[_row(reported={"finetune": -1.0})], runs=_comparison_runs(acc)[:3],
+                   layout="relative")
+    (r2,) = paper_vs_ours(m2, comparison_cells(m2))
+    assert r2["verdict"]["ours"] is None and r2["verdict"]["paper"] is None

@@ -108,16 +108,39 @@ def cmd_run(args) -> int:
 
 
 def _print_plan(plan, folder: Path) -> None:
+    """Per row: what is pruned, then the schedule (seeds, epochs, lr and where it drops, batch, fine-tuning,
+    the Scratch-B rule) as the row will run it."""
     spec = plan.spec
     n = len(plan.rows)
     print(f"{spec.path}: {spec.paper}, {spec.kind}, scale {plan.scale}: {n} row{'s' * (n != 1)}, "
           f"{plan.total_runs()} runs -> {folder}")
     for r in plan.rows:
         what = r.label if not r.ratios else f"{r.label}, ratios {', '.join(f'{x:g}' for x in r.ratios)}"
+        pinned = {k: v for k, v in r.params.items() if k not in ("ratio", "config")}
         extra = f", series {', '.join(r.series)}" if r.series else ""
+        extra += f", params {' '.join(f'{k}={v}' for k, v in pinned.items())}" if pinned else ""
         print(f"  {r.dataset} {r.model}" + (f" x{r.width:g}" if r.width != 1 else "")
-              + f" @{r.base_genome().input_size}px, {r.method}: {what}; seeds {len(r.seeds)}, {r.epochs} epochs"
-              + (f", fine-tune {r.finetune_epochs}" if spec.kind == "comparison" else "") + extra)
+              + f" @{r.base_genome().input_size}px, {r.method}: {what}{extra}")
+        print(f"    {_schedule_line(r.schedule(), spec.kind, r)}")
+
+
+def _schedule_line(s: dict, kind: str, row) -> str:
+    seeds = s["seeds"]
+    span = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)) \
+        else ", ".join(map(str, seeds))
+    drops = ", ".join(map(str, s["lr_milestones"])) or "none"
+    line = (f"seeds {span} ({len(seeds)}); {s['epochs']} epochs, lr {s['lr']:g} x{s['lr_gamma']:g} at epochs "
+            f"{drops}, batch {s['batch_size']}")
+    if kind == "comparison":
+        line += f"; fine-tune {s['finetune_epochs']} epochs at lr {s['finetune_lr']:g}"
+    if kind == "comparison" and "scratch-b" in row.budgets or kind in ("efficiency", "guided") \
+            and row.budget == "scratch-b":
+        b = s["scratch_b"]
+        cap = f"at most {b['max_epochs']}" if b["cap"] is not None else "no cap"
+        line += f"; Scratch-B int({b['base_epochs']} x FLOPs ratio) epochs, {cap}, lr drops stretched with it"
+    elif kind in ("efficiency", "guided"):
+        line += f"; every curve {row.budget}"
+    return line
 
 
 def cmd_report(args) -> int:

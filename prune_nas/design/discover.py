@@ -290,15 +290,19 @@ def _name_value(v) -> str:
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,
              seed: int = 0, width: float | None = None, epochs: int | None = None, input_size: int | None = None,
-             lr: float | None = None, params: dict[str, Any] | None = None, device: str = "cpu", data_dir=None, download: bool = False,
+             lr: float | None = None, params: dict[str, Any] | None = None, protocol=None, device: str = "cpu",
+             data_dir=None, download: bool = False,
              out_dir: str | os.PathLike | None = None, store_root: str | os.PathLike | None = None,
              progress: bool = True, log: Callable[[str], None] = print, data=None) -> Discovered:
     """Train (or reuse) the large model, prune it with ``method``, write genome + inherited weights (+ masks).
 
     ``params`` are the method's own parameters (``prune-nas methods`` lists them); ``ratio`` is a shortcut for
-    ``params["ratio"]``; ``lr`` replaces the large model's initial learning rate. Every check a user can fail (unknown method, model or dataset, a ratio outside (0, 1),
-    a method that does not apply to the family, a bad method parameter) runs before any training. ``data``:
-    the dataset already loaded at the model's input size (else it is loaded when the method trains).
+    ``params["ratio"]``. ``lr`` replaces the large model's initial learning rate (its steps stay);
+    ``protocol``: the large model's whole training protocol instead (default: the dataset's, at ``epochs``; an
+    experiment row passes its own lr schedule). Every check a user can fail (unknown method, model or dataset,
+    a ratio outside (0, 1), a method that does not apply to the family, a bad method parameter) runs before any
+    training. ``data``: the dataset already loaded at the model's input size (else it is loaded when the
+    method trains).
 
     >>> d = discover("uniform", dataset="synthetic", ratio=0.5, out_dir=__import__("tempfile").mkdtemp(),
     ...              log=lambda s: None)
@@ -332,7 +336,7 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     size = input_size or default_input_size(spec, dataset)
     base = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=size, width_mult=width)
     m.check(base, **full)
-    protocol = protocol_for(dataset, epochs, lr)
+    protocol = protocol or protocol_for(dataset, epochs, lr)
 
     large_model, large = None, None
     if m.needs_training:

@@ -294,7 +294,11 @@ class ReconstructionMethod(Method):
 
     def check(self, genome, ratio=None, config=None, **kwargs) -> None:
         super().check(genome)
-        target_widths(self.name, genome, ratio, config, self.configs)
+        self.targets(genome, ratio, config)
+
+    def targets(self, genome, ratio: float | None, config: str | None) -> tuple[dict[str, int], list[str]]:
+        """Kept width per group this method prunes (``target_widths``), and notes."""
+        return target_widths(self.name, genome, ratio, config, self.configs)
 
     def selector(self, **params) -> Selector:
         raise NotImplementedError
@@ -306,7 +310,7 @@ class ReconstructionMethod(Method):
     def prune(self, genome, model, *, data=None, ratio=None, config=None, samples=1000, images=64, seed=0,
               **params) -> PruneResult:
         super().check(genome)
-        keep, notes = target_widths(self.name, genome, ratio, config, self.configs)
+        keep, notes = self.targets(genome, ratio, config)
         if model is None:
             raise ValueError(f"{self.name} prunes a trained model")
         x = input_batch(data, images, seed)

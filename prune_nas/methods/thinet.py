@@ -12,7 +12,8 @@ fine-tunes between layers instead).
 
 Target widths are predefined: a uniform ``ratio`` of channels removed per prunable layer, or a named config
 (``vgg-conv``, ``vgg-gap``, ``vgg-tiny``, ``resnet50-30``, ``resnet50-50``, ``resnet50-70``; see
-``prune_nas.core.library``).
+``prune_nas.core.library``). On a VGG a ratio leaves the last stage's convs (conv11-13 of VGG-16) unpruned,
+as ThiNet-Conv does (Luo et al. prune conv1_1 to conv4_3: the last stage holds little of the FLOPs).
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ class ThiNet(ReconstructionMethod):
     params = COMMON_PARAMS[:1] + (
         Param("config", None, "named widths instead of a ratio: " + ", ".join(CONFIGS)),
     ) + COMMON_PARAMS[1:]
+
+    def targets(self, genome, ratio, config):
+        keep, notes = super().targets(genome, ratio, config)
+        if config is None and genome.family == "vgg":
+            groups = genome.groups
+            last = max(groups.stage(g) for g in groups.names)
+            keep = {g: w for g, w in keep.items() if groups.stage(g) != last}
+        return keep, notes
 
     def selector(self, ridge=1e-3, **_):
         return lambda sample, keep: thinet_select(sample, keep, ridge)

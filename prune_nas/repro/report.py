@@ -38,9 +38,8 @@ from typing import Any
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.units import human
-
-COLUMNS = ("unpruned", "finetune", "scratch-e", "scratch-b")
-HEAD = {"unpruned": "Unpruned", "finetune": "Fine-tuned", "scratch-e": "Scratch-E", "scratch-b": "Scratch-B"}
+from prune_nas.repro import compare
+from prune_nas.repro.compare import COLUMNS, HEAD, paper_value
 SERIES_STYLE = {"pruned": ("C0", "o", "pruned (method)"), "uniform": ("C7", "s", "uniform"),
                 "guided": ("C2", "^", "guided"), "transferred": ("C3", "D", "transferred")}
 DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "digits": "digits",
@@ -235,7 +234,7 @@ def comparison_csv(m: dict, table: list[dict]) -> str:
                         _f(cell["mean"]), _f(cell["std"]), ";".join(f"{v:.6f}" for v in cell["values"]),
                         ";".join(map(str, cell["epochs"])), _f(cell.get("p")), int(c in t["best"]),
                         _f(t["params_kept"]), _f(t["flops_kept"]),
-                        "" if row.get("reported", {}).get(c) is None else row["reported"][c]])
+                        _f((paper_value(row.get("reported", {}).get(c)) or {}).get("mean"))])
     return buf.getvalue()
 
 
@@ -255,7 +254,7 @@ def _reported_markdown(m: dict) -> list[str]:
              "|---|---|---|--:|--:|--:|--:|"]
     for r in rows:
         rep = r["reported"]
-        vals = [rep.get(c) for c in COLUMNS]
+        vals = [(paper_value(rep.get(c)) or {}).get("mean") for c in COLUMNS]
         best = max((v for v in vals[1:] if v is not None), default=None)
         cells = [("-" if v is None else (f"**{v:.2f}**" if i > 0 and v == best else f"{v:.2f}"))
                  for i, v in enumerate(vals)]
@@ -287,6 +286,8 @@ def _comparison(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
                                                   if c in t["row"]["budgets"]) for t in table]
     body += ["", "Tests: " + " · ".join(tests)]
     body += _reported_markdown(m)
+    versus = compare.markdown(m, table)
+    body += versus
     png = out / "accuracy.png"
     _plot_accuracy(m, table, png)
     files.append(png)
@@ -295,6 +296,9 @@ def _comparison(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
         figs = _row_patterns(m, run, out, t)
         files += figs
         body += [f"![{f.stem}]({f.name})" for f in figs]
+    if versus:
+        files.append(out / "paper_vs_ours.csv")
+        _write(files[-1], compare.to_csv(m, table))
     return body, files
 
 
@@ -569,9 +573,12 @@ def summary(m: dict) -> dict:
     out: dict[str, Any] = {"spec": m["spec"]["name"], "scale": m["scale"], "status": m.get("status"),
                            "progress": m.get("progress"), "wall_time_s": m.get("wall_time_s")}
     if kind == "comparison":
+        table = comparison_cells(m)
         out["rows"] = [{"label": t["row"]["label"], "model": t["row"]["model"], "dataset": t["row"]["dataset"],
                         **{c: {k: t["cells"][c].get(k) for k in ("n", "mean", "std", "p")} for c in COLUMNS}}
-                       for t in comparison_cells(m)]
+                       for t in table]
+        out["paper_vs_ours"] = [{"label": r["row"]["label"], "columns": r["columns"], "verdict": r["verdict"]}
+                                for r in compare.paper_vs_ours(m, table)]
     elif kind in ("efficiency", "guided"):
         out["points"] = curve_points(m)
     else:
