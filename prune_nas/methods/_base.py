@@ -45,6 +45,16 @@ class Method:
     families: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
     needs_training: bool = True  # whether the large model must be trained before pruning
+    generic: "Method | None" = None  # its variant for generic models (methods/generic.py), if any
+
+    def for_genome(self, genome: "Genome") -> "Method":
+        """The method that prunes ``genome``: this one, or its generic variant for a generic model."""
+        if genome.family == "generic" and "generic" not in self.families:
+            if self.generic is None:
+                raise UserError(f"method {self.name!r} does not apply to generic models ({genome.model}); "
+                                "`prune-nas methods` shows which do")
+            return self.generic
+        return self
 
     def check(self, genome: "Genome", **kwargs) -> None:
         if genome.family not in self.families:
