@@ -15,6 +15,7 @@ TINY = {
     "resnet": ("resnet20", {"width_mult": 0.25, "input_size": 8}),
     "preresnet": ("preresnet110", {"width_mult": 0.25, "input_size": 8, "blocks": (2, 2, 2)}),
     "densenet": ("densenet40", {"width_mult": 0.5, "input_size": 8}),
+    "generic": ("torchvision:resnet18", {"width_mult": 0.125, "input_size": 32, "num_classes": 10}),
 }
 # The activation-based methods sample and solve per layer (10-30 s a case on two shared cores): ThiNet runs on
 # its first family by default, the rest with `-m slow`; their own test files cover each family's criterion.

@@ -187,12 +187,14 @@ def cmd_methods(args) -> int:
 
     methods = sorted(list_methods(), key=lambda m: (ORDER.index(m.name) if m.name in ORDER else len(ORDER), m.name))
     if args.json:
-        print(json.dumps([{"name": m.name, "target": m.target, "families": list(m.families),
+        print(json.dumps([{"name": m.name, "target": m.target,
+                           "families": list(m.families) + (["generic"] if m.generic else []),
                            "needs_training": m.needs_training, "summary": m.summary, "citation": m.citation,
                            "params": [{"name": p.name, "default": _jsonable(p.default), "help": p.help}
                                       for p in m.params]} for m in methods], indent=2))
         return 0
-    rows = [[m.name, m.target, ", ".join(m.families), "yes" if m.needs_training else "no",
+    rows = [[m.name, m.target, ", ".join(m.families + (("generic",) if m.generic else ())),
+             "yes" if m.needs_training else "no",
              ", ".join(f"{p.name}={_show(p.default)}" for p in m.params) or "-"] for m in methods]
     print(table(rows, ["method", "target", "families", "trains", "parameters (defaults)"], align="lllll"))
     print()

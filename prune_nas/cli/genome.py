@@ -28,6 +28,8 @@ def register(sub) -> None:
 
     q = gsub.add_parser("list", help="library genomes and registered base models")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    q.add_argument("--models", choices=["torchvision", "timm"],
+                   help="list the models of a library usable as torchvision:<name> / timm:<name>")
     q.set_defaults(func=cmd_list)
 
     q = gsub.add_parser("info", help="widths, params, FLOPs and reductions of a genome")
@@ -43,6 +45,10 @@ def register(sub) -> None:
     q.add_argument("genome", help="library name, discovered genome name, model name or file")
     q.add_argument("--out", required=True, help="output .json path")
     q.set_defaults(func=cmd_export)
+
+    from prune_nas.cli._generic import add_from_model
+
+    add_from_model(gsub)
 
 
 def describe(genome) -> dict:
@@ -115,6 +121,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
+    if getattr(args, "models", None):
+        from prune_nas.cli._generic import list_models
+
+        return list_models(args.models, args.json)
     from prune_nas.core.arch import MODELS
     from prune_nas.core.cost import count
     from prune_nas.core.library import names, reference_of, resolve_genome

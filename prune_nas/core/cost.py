@@ -86,6 +86,10 @@ def count(genome: Genome) -> Cost:
     >>> count(base_genome("resnet56")).params
     853018
     """
+    if genome.family == "generic":  # exact from the model's cached analysis (core/generic/cost.py)
+        from prune_nas.core.generic.cost import count_generic
+
+        return Cost(*count_generic(genome, kept_weights(genome) if genome.sparsity else None))
     ops = ops_of(genome)
     kept = kept_weights(genome, ops) if genome.sparsity else None
     params = flops = 0

@@ -26,6 +26,8 @@ from typing import Any
 
 from prune_nas.core.arch import ModelSpec, get_family, get_spec
 from prune_nas.core.errors import GenomeError, UserError
+from prune_nas.core.generic.family import generic_spec
+from prune_nas.core.generic.refs import is_generic_ref, parse_ref
 from prune_nas.core.geometry import conv_ops
 from prune_nas.core.graph import WidthGroups, width_groups
 from prune_nas.core.masks import load_masks
@@ -71,12 +73,17 @@ class Genome:
     sparsity: Sparsity | None = None
     name: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # Generic models only (``torchvision:``, ``timm:``, ``python:`` references): {"kwargs": factory keyword
+    # arguments, "fixed": module paths kept at full width}. None for built-in models.
+    model_args: Mapping[str, Any] | None = None
     # Folder the genome was read from, to find its mask file. Not serialized, not compared.
     source_dir: Path | None = field(default=None, compare=False, repr=False)
 
     # ---- derived -----------------------------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:
+        if is_generic_ref(self.model):
+            return generic_spec(self.model, self.model_args, self.num_classes, self.input_size, self.in_channels)
         return get_spec(self.model)
 
     @property
@@ -85,6 +92,8 @@ class Genome:
 
     @property
     def groups(self) -> WidthGroups:
+        if is_generic_ref(self.model):
+            return _generic_groups(self.spec)
         return width_groups(self.model, self.blocks)
 
     def slot_widths(self) -> dict[str, int]:
@@ -111,6 +120,10 @@ class Genome:
         out: dict[str, Any] = {"format": FORMAT, "version": VERSION}
         if self.name:
             out["name"] = self.name
+        out["model"] = self.model
+        if self.model_args is not None:
+            out["model_args"] = {"kwargs": dict(self.model_args.get("kwargs", {})),
+                                 "fixed": list(self.model_args.get("fixed", []))}
         out.update(model=self.model, family=self.family, num_classes=self.num_classes,
                    input={"channels": self.in_channels, "size": self.input_size},
                    widths={g: int(self.widths[g]) for g in self.groups.names})
@@ -126,7 +139,15 @@ class Genome:
     @classmethod
     def from_dict(cls, data: Any, source_dir: Path | None = None) -> Genome:
         _check_schema(data)
-        spec = get_spec_field(data["model"])
+        if is_generic_ref(data["model"]):
+            parse_ref(data["model"])  # a malformed reference: one line naming it
+            spec = generic_spec(data["model"], data.get("model_args"), data["num_classes"],
+                                data["input"]["size"], data["input"]["channels"])
+        elif data.get("model_args") is not None:
+            raise GenomeError("model_args", "only generic models (torchvision:, timm:, python:) take "
+                                            f"model_args, not {data['model']!r}")
+        else:
+            spec = get_spec_field(data["model"])
         if data.get("family") not in (None, spec.family):
             raise GenomeError("family", f"{data['family']!r} does not match model {spec.name!r} "
                                         f"(family {spec.family!r})")
@@ -139,7 +160,8 @@ class Genome:
         genome = cls(model=spec.name, widths=dict(data["widths"]), num_classes=data["num_classes"],
                      input_size=data["input"]["size"], in_channels=data["input"]["channels"],
                      blocks=_canonical_blocks(spec, blocks), sparsity=sparsity, name=data.get("name"),
-                     provenance=dict(data.get("provenance", {})), source_dir=source_dir)
+                     provenance=dict(data.get("provenance", {})), source_dir=source_dir,
+                     model_args=_model_args(spec))
         validate(genome)
         return genome
 
@@ -165,6 +187,20 @@ def get_spec_field(model: str) -> ModelSpec:
         return get_spec(model)
     except UserError as e:
         raise GenomeError("model", str(e)) from None
+
+
+def _model_args(spec: ModelSpec) -> dict | None:
+    """The canonical model_args of a generic genome (always both keys), None for built-in models."""
+    if spec.family != "generic":
+        return None
+    return {"kwargs": dict(spec.config["kwargs"]), "fixed": list(spec.config["fixed"])}
+
+
+def _generic_groups(spec: ModelSpec) -> WidthGroups:
+    """A generic model's width groups: one slot per group of its analysis (``core/generic``)."""
+    slots = {s.name: s for s in get_family(spec.family).slots(spec, None)}
+    names = tuple(slots)
+    return WidthGroups(names, {n: (n,) for n in names}, {n: n for n in names}, slots)
 
 
 def _canonical_blocks(spec: ModelSpec, blocks) -> tuple[int, ...] | None:
@@ -259,15 +295,26 @@ def _validate_sparsity(genome: Genome) -> None:
 # ---- construction helpers ------------------------------------------------------------------------------------
 def base_genome(model: str, num_classes: int | None = None, input_size: int | None = None,
                 in_channels: int | None = None, width_mult: float = 1.0,
-                blocks: tuple[int, ...] | None = None) -> Genome:
-    """The unpruned base model as a genome, optionally with every width scaled by ``width_mult``."""
-    spec = get_spec(model)
+                blocks: tuple[int, ...] | None = None, model_args: Mapping[str, Any] | None = None) -> Genome:
+    """The unpruned base model as a genome, optionally with every width scaled by ``width_mult``.
+
+    Generic models (``torchvision:resnet18``) default to 1000 classes at 224 pixels, 3 channels;
+    ``model_args``: {"kwargs": factory keyword arguments, "fixed": module paths kept at full width}."""
+    if is_generic_ref(model):
+        parse_ref(model)
+        spec = generic_spec(model, model_args, num_classes or 1000, input_size or 224, in_channels or 3)
+        model_args = _model_args(spec)
+    elif model_args is not None:
+        raise GenomeError("model_args", f"only generic models take model_args, not {model!r}")
+    else:
+        spec = get_spec(model)
     blocks = tuple(blocks) if blocks is not None else spec.default_blocks
-    groups = width_groups(spec.name, blocks)
+    groups = _generic_groups(spec) if spec.family == "generic" else width_groups(spec.name, blocks)
     widths = {g: max(1, int(round(w * width_mult))) for g, w in groups.base_widths().items()}
     genome = Genome(model=spec.name, widths=widths, num_classes=num_classes or spec.num_classes,
                     input_size=input_size or spec.input_size, in_channels=in_channels or spec.in_channels,
-                    blocks=blocks, name=spec.name if width_mult == 1.0 else f"{spec.name}-x{width_mult:g}")
+                    blocks=blocks, name=spec.name if width_mult == 1.0 else f"{spec.name}-x{width_mult:g}",
+                    model_args=model_args)
     if width_mult != 1.0:
         genome = replace(genome, widths=fit_selects(genome, widths))
     validate(genome)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prune_nas.core.arch import MODELS
 from prune_nas.core.errors import UserError
+from prune_nas.core.generic.refs import is_generic_ref
 from prune_nas.core.genome import Genome, base_genome, load_genome, save_genome
 from prune_nas.core.paths import bundled_dir, output_dir
 
@@ -186,7 +187,7 @@ def resolve_genome(ref: str) -> Genome:
     discovered = output_dir("genomes", "discovered") / f"{ref}.json"
     if discovered.exists():
         return load_genome(discovered)
-    if ref in MODELS:
+    if ref in MODELS or is_generic_ref(ref):
         return base_genome(ref)
     close = difflib.get_close_matches(ref, sorted(set(names()) | set(MODELS)), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -198,6 +199,9 @@ def reference_of(genome: Genome) -> Genome:
     """The genome a genome's reductions are measured against: its recorded reference, else its base model
     at the same input and classes."""
     ref = genome.provenance.get("reference", genome.model)
+    if is_generic_ref(ref):
+        return base_genome(ref, num_classes=genome.num_classes, input_size=genome.input_size,
+                           in_channels=genome.in_channels, model_args=genome.model_args)
     if ref in MODELS:
         return base_genome(ref, num_classes=genome.num_classes, input_size=genome.input_size,
                            in_channels=genome.in_channels)

@@ -52,6 +52,10 @@ DEFAULT_MODELS = {
     "imagenet": {"vgg": "vgg11-imagenet", "resnet": "resnet50"},
 }
 DEFAULT_MODELS["synthetic"] = DEFAULT_MODELS["digits"]
+# Generic models (torchvision:resnet18, ...) are ImageNet-sized: on digits a quarter width at 32 px, where a
+# ResNet-18 still keeps a 1x1 map after its five stride-2 steps.
+GENERIC_SHORT = {"digits": {"width": 0.25, "epochs": 20, "input_size": 32},
+                 "synthetic": {"width": 0.25, "epochs": 3, "input_size": 32}}
 DEFAULT_MODELS["cifar100"] = DEFAULT_MODELS["cifar10"]
 
 
@@ -88,6 +92,8 @@ def default_input_size(spec, dataset: str) -> int:
     """The model's own input size, or the short schedule's (at least what the model needs) on digits."""
     from prune_nas.core.arch import get_family
 
+    if spec.family == "generic":
+        return GENERIC_SHORT.get(dataset, {}).get("input_size", spec.input_size)
     short = SHORT.get(dataset, {}).get("input_size")
     return max(short, get_family(spec.family).min_input_size(spec)) if short else spec.input_size
 
@@ -249,8 +255,11 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
     'vgg11-x0.25-digits-slimming-r0.5-s0-10ep-s=0.001'
     """
     from prune_nas.core.arch import get_spec
+    from prune_nas.core.generic.family import generic_spec
+    from prune_nas.core.generic.refs import is_generic_ref
 
-    parts = [model] + ([f"x{width:g}"] if width != 1 else []) + [dataset, method]
+    spec = generic_spec(model, None, 1000, 224, 3) if is_generic_ref(model) else get_spec(model)
+    parts = [model.replace(":", "-")] + ([f"x{width:g}"] if width != 1 else []) + [dataset, method]
     if params.get("sparsity"):
         parts.append("sparse")
     if params.get("config"):
@@ -266,7 +275,7 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
         parts.append(f"{epochs}ep")
     if lr is not None and m.needs_training and lr != protocol_for(dataset).lr:
         parts.append(f"lr{lr:g}")
-    if input_size is not None and input_size != default_input_size(get_spec(model), dataset):
+    if input_size is not None and input_size != default_input_size(spec, dataset):
         parts.append(f"{input_size}px")
     for p in m.params:
         v = params.get(p.name)
@@ -312,6 +321,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     import torch
 
     from prune_nas.core.arch import get_spec
+    from prune_nas.core.generic.family import generic_spec
+    from prune_nas.core.generic.refs import is_generic_ref
     from prune_nas.core.genome import MaskRef, base_genome, save_genome
     from prune_nas.core.masks import save_masks
     from prune_nas.core.version import __version__
@@ -325,16 +336,19 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     given = dict(params or {})
     if ratio is not None:
         given["ratio"] = ratio
-    full = method_params(m, given)
-    if "seed" in full and "seed" not in given:
-        full["seed"] = seed
     model = model or default_model(m, dataset)
-    spec = get_spec(model)
-    width = float(width if width is not None else SHORT.get(dataset, {}).get("width", 1.0))
+    generic = is_generic_ref(model)
+    spec = generic_spec(model, None, 1000, 224, 3) if generic else get_spec(model)
+    short = GENERIC_SHORT if generic else SHORT
+    width = float(width if width is not None else short.get(dataset, {}).get("width", 1.0))
     if width <= 0:
         raise UserError(f"--width must be > 0, got {width:g}")
     size = input_size or default_input_size(spec, dataset)
     base = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=size, width_mult=width)
+    m = m.for_genome(base)  # a generic model gets the method's generic variant
+    full = method_params(m, given)
+    if "seed" in full and "seed" not in given:
+        full["seed"] = seed
     m.check(base, **full)
     protocol = protocol or protocol_for(dataset, epochs, lr)
 
@@ -354,7 +368,7 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
                     lr=protocol.lr)
     reference = model
     if width != 1:
-        ref_name = f"{model}-x{width:g}-{dataset}"
+        ref_name = f"{model.replace(':', '-')}-x{width:g}-{dataset}"
         save_genome(base.replace(name=ref_name, provenance={"method": "unpruned", "reference": model,
                                                             "dataset": dataset, "width": width,
                                                             "prune_nas_version": __version__}),

@@ -58,6 +58,16 @@ class Method:
     regularizes_training: bool = False  # the large model trains with ``training_callbacks``, not plainly
     # The parameters the training phase depends on (the rest only prune); None: all of them
     training_params: tuple[str, ...] | None = None
+    generic: "Method | None" = None  # its variant for generic models (methods/generic.py), if any
+
+    def for_genome(self, genome: "Genome") -> "Method":
+        """The method that prunes ``genome``: this one, or its generic variant for a generic model."""
+        if genome.family == "generic" and "generic" not in self.families:
+            if self.generic is None:
+                raise UserError(f"method {self.name!r} does not apply to generic models ({genome.model}); "
+                                "`prune-nas methods` shows which do")
+            return self.generic
+        return self
 
     def check(self, genome: Genome, **kwargs) -> None:
         if genome.family not in self.families:

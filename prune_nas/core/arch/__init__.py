@@ -13,11 +13,13 @@ import fnmatch
 from prune_nas.core.arch import densenet, preresnet, resnet, vgg
 from prune_nas.core.arch._base import Family, ModelSpec, Op, Slot
 from prune_nas.core.errors import UserError
+from prune_nas.core.generic.family import GenericFamily
 
 __all__ = ["Family", "ModelSpec", "Op", "Slot", "FAMILIES", "MODELS", "get_family", "get_spec", "list_models"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (vgg.VGG(), resnet.ResNet(), preresnet.PreResNet(),
                                                    densenet.DenseNet())}
+FAMILIES[GenericFamily.name] = GenericFamily()  # any nn.Module: torchvision:, timm:, python: references
 MODELS: dict[str, ModelSpec] = {s.name: s for mod in (vgg, resnet, preresnet, densenet) for s in mod.specs()}
 
 
