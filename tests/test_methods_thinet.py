@@ -241,8 +241,8 @@ def test_named_configs_give_the_library_widths(alias):
 
 
 @pytest.mark.slow
-def test_named_config_end_to_end_on_vgg16_gap():
-    genome = base_genome("vgg16-imagenet-gap")
+def test_named_config_end_to_end_on_vgg16_gap_without_bn():
+    genome = base_genome("vgg16-nobn-imagenet-gap")
     model = randomized(genome)
     x = torch.randn(4, 3, 16, 16)  # the global-pool head takes any size >= 16
     result = THINET.prune(genome, model, data=x, config="vgg-tiny", samples=200)
@@ -256,7 +256,7 @@ def test_named_config_end_to_end_on_vgg16_gap():
     (dict(ratio=1.5), "ratio must be in (0, 1)"),
     (dict(ratio=0.0), "ratio must be in (0, 1)"),
     (dict(ratio=0.5, config="vgg-gap"), "either a ratio or a config"),
-    (dict(config="vgg-gap"), "is for vgg16-imagenet-gap, not vgg11"),
+    (dict(config="vgg-gap"), "is for vgg16-nobn-imagenet-gap, not vgg11"),
     (dict(config="nope"), "unknown config"),
 ])
 def test_bad_input_is_one_clear_user_error(kwargs, message):

@@ -54,6 +54,13 @@ class Method:
     def prune(self, genome: "Genome", model: "nn.Module | None", **kwargs) -> PruneResult:
         raise NotImplementedError
 
+    def protocol(self, dataset: str, model: str, **overrides):
+        """The training protocol of the large model and of the pruned model's scratch runs with this method
+        on ``dataset``: the paper's for the dataset, unless the method's reference code trains otherwise."""
+        from prune_nas.training.protocol import Protocol
+
+        return Protocol.for_dataset(dataset, **overrides)
+
 
 REGISTRY: dict[str, Method] = {}
 

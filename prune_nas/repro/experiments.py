@@ -161,11 +161,12 @@ class Row:
         return g
 
     def protocol(self):
-        """The large model's and Scratch-E's protocol: the paper's for the dataset, at the row's epochs (what
+        """The large model's and Scratch-E's protocol: the method's for the dataset (``Method.protocol``: the
+        paper's, or the method's reference code's), at the row's epochs (what
         ``discover`` trains the large model with)."""
-        from prune_nas.training.protocol import Protocol
+        from prune_nas.methods import get_method
 
-        return Protocol.for_dataset(self.dataset, epochs=self.epochs)
+        return get_method(self.method).protocol(self.dataset, self.model, epochs=self.epochs)
 
     def finetune_protocol(self):
         from prune_nas.training.protocol import Protocol

@@ -57,7 +57,10 @@ class RunSpec:
 
     def init_dict(self) -> dict:
         if self.init == "scratch":
-            return {"kind": "scratch"}
+            # The model's BN scale init (ModelSpec.bn_init) is recorded where it is not 1, so those runs (and
+            # only those) are told apart from runs that started at 1.
+            bn = self.genome.spec.bn_init
+            return {"kind": "scratch", **({"bn_init": bn} if bn != 1.0 else {})}
         return {"kind": "finetune", "weights_sha256": inherited_weights(self.genome)[1]}
 
     def key_dict(self) -> dict:
