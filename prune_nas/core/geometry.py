@@ -22,7 +22,7 @@ def ops_of(genome: "Genome") -> list[Op]:
                       genome.in_channels, genome.num_classes, **structure_of(genome))
 
 
-def structure_of(genome: "Genome") -> dict:
+def structure_of(genome: Genome) -> dict:
     """What a family's ``ops`` and ``build`` take beyond blocks and widths: ``shortcut_entries`` when set."""
     return {"shortcut_entries": genome.shortcut_entries} if genome.shortcut_entries else {}
 

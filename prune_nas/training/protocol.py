@@ -67,7 +67,7 @@ class Protocol:
         return replace(cls(epochs=90, batch_size=256, lr_steps=(1 / 3, 2 / 3), crop_padding=0), **overrides)
 
     @classmethod
-    def sss_imagenet(cls, **overrides: Any) -> "Protocol":
+    def sss_imagenet(cls, **overrides: Any) -> Protocol:
         """Sparse Structure Selection on ImageNet (its reference code's defaults): 100 epochs, lr 0.1 divided
         by 10 every 30 epochs (at 30, 60 and 90), batch 256 as the other ImageNet runs here."""
         return cls.imagenet(**{"epochs": 100, "lr_steps": (), "lr_step_every": 0.3, **overrides})
