@@ -72,9 +72,9 @@ def test_random_genomes_build_run_and_cost_exactly(model):
         _check(random_genome(model, rng, 0.05, 0.5, num_classes=7, **kwargs))
 
 
-@pytest.mark.parametrize("model,blocks,entries", [("resnet56", (9, 0, 4), ()), ("resnet50", (0, 2, 5, 1), ()),
-                                                  ("resnet50", (0, 2, 5, 1), (2, 3)), ("resnet56", (9, 3, 4), (2, 3)),
-                                                  ("preresnet110", (3, 0, 12), ()), ("resnet34", (0, 4, 6, 3), ())])
+@pytest.mark.parametrize("model,blocks,entries", [
+    ("resnet56", (9, 0, 4), ()), ("resnet50", (0, 2, 5, 1), ()), ("resnet50", (0, 2, 5, 1), (2, 3)),
+    ("resnet56", (9, 3, 4), (2, 3)), ("preresnet110", (3, 0, 12), ()), ("resnet34", (0, 4, 6, 3), ())])
 def test_block_pruned_genomes_including_empty_stages(model, blocks, entries):
     g = base_genome(model, blocks=blocks, width_mult=0.25, input_size=SMALL_INPUT[model])
     _check(g.replace(shortcut_entries=entries))
@@ -112,8 +112,8 @@ def test_cifar_shortcuts_average_pool_and_zero_pad_with_gradients():
 # The reference initialises BatchNorm scales at 0.5 in its Network Slimming models and its L1-norm VGG-16, and
 # at 1 elsewhere (torchvision and bearpaw models, the L1-norm ResNets, ThiNet's and regression's ResNets).
 BN_INIT = {"vgg11": 0.5, "vgg16": 0.5, "vgg19": 0.5, "vgg16-l1": 0.5, "vgg11-imagenet": 0.5,
-           "preresnet164": 0.5, "densenet40": 0.5, "preresnet110": 1.0, "densenet-bc100": 1.0, "resnet56": 1.0,
-           "resnet110": 1.0, "resnet34": 1.0, "resnet50": 1.0, "vgg16-imagenet": 1.0}
+           "preresnet164": 0.5, "densenet40": 0.5, "preresnet110": 1.0, "densenet-bc100": 1.0,
+           "resnet56": 1.0, "resnet110": 1.0, "resnet34": 1.0, "resnet50": 1.0, "vgg16-imagenet": 1.0}
 
 
 @pytest.mark.parametrize("model", sorted(BN_INIT))

@@ -152,8 +152,8 @@ def test_paper_schedule_keeps_the_papers_s():
             got = schedule_s(fam, protocol=proto, steps_per_epoch=782)
             assert got["s"] == paper and got["rule"] == "schedule"
         assert schedule_s(fam) == {"s": paper, "rule": "reference",
-                                   "text": f"s = {paper:g}, the reference code's for CIFAR {fam} (no schedule to "
-                                           "scale it to)"}
+                                   "text": f"s = {paper:g}, the reference code's for CIFAR {fam} "
+                                           "(no schedule to scale it to)"}
 
 
 def test_imagenet_vgg11_takes_the_reference_s_and_schedule():
@@ -180,7 +180,8 @@ def test_imagenet_vgg11_head_units_share_the_global_threshold():
     with torch.no_grad():  # head units far smaller than every conv channel: the global cut takes them first
         for name, m in model.named_modules():
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                m.weight.uniform_(0.001, 0.01) if name.startswith("classifier") else m.weight.uniform_(0.5, 1.0)
+                low, high = (0.001, 0.01) if name.startswith("classifier") else (0.5, 1.0)
+                m.weight.uniform_(low, high)
     n_head = g.widths["fc1"] + g.widths["fc2"]
     n_all = sum(g.widths.values())
     result = slim.prune(g, model, ratio=(n_head - 2) / n_all)

@@ -165,7 +165,8 @@ def test_a_removed_first_block_leaves_its_shortcut_and_identity_blocks(model_nam
             expected = model(x)
         result = SSS.prune(genome, model)
         assert result.genome.shortcut_entries == entries
-        assert result.genome.blocks == tuple(n - (s == int(removed[5])) for s, n in enumerate(genome.blocks, 1))
+        removed_stage = int(removed[5])
+        assert result.genome.blocks == tuple(n - (s == removed_stage) for s, n in enumerate(genome.blocks, 1))
         pruned = build(result.genome)
         pruned.load_state_dict(result.state_dict)
         assert torch.allclose(pruned.eval()(x), expected, atol=1e-5, rtol=1e-4)
@@ -192,7 +193,8 @@ def test_resnet50_gives_the_papers_resnet41_32_26():
         result = SSS.prune(genome, None, scales={n: float(n in kept) for n in names})
         assert result.state_dict is None
         assert result.genome.blocks == tuple(n for n, _ in stages)
-        assert result.genome.shortcut_entries == tuple(s for s, (n, first) in enumerate(stages, 1) if n and not first)
+        entries = tuple(s for s, (n, first) in enumerate(stages, 1) if n and not first)
+        assert result.genome.shortcut_entries == entries
         assert result.genome.key == library[target].key
         assert 3 * sum(result.genome.blocks) + 2 == int(target.removeprefix("sss-resnet"))
 

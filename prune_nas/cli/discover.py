@@ -64,7 +64,7 @@ def add_method_args(parser) -> None:
     m = parser.add_argument_group("method parameters (see `prune-nas methods`)")
     m.add_argument("--config", help="l1-norm / thinet / regression: a named config (l1-norm: A, B)")
     m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned, e.g. 16,20,38,54")
-    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales (default: the reference's 1e-4 VGG / "
+    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
                                            "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
                                            "schedules; given: used as is)")
     m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer, not channels")

@@ -254,7 +254,8 @@ def validate(genome: Genome) -> None:
 def _validate_shortcut_entries(genome: Genome) -> None:
     entries = genome.shortcut_entries
     if list(entries) != sorted(set(entries)):
-        raise GenomeError("shortcut_entries", f"must be stage numbers in increasing order, got {list(entries)}")
+        raise GenomeError("shortcut_entries",
+                          f"must be stage numbers in increasing order, got {list(entries)}")
     if genome.blocks is None:
         raise GenomeError("shortcut_entries", f"model {genome.model!r} has no prunable blocks")
     family = get_family(genome.family)

@@ -152,7 +152,8 @@ def named_genome(n: Named) -> Genome:
         provenance["reported_reduction"] = {k: round(v, 4) for k, v in n.reported.items()}
     if n.note:
         provenance["note"] = n.note
-    return base.replace(name=n.name, widths=widths, shortcut_entries=n.shortcut_entries, provenance=provenance)
+    return base.replace(name=n.name, widths=widths, shortcut_entries=n.shortcut_entries,
+                        provenance=provenance)
 
 
 def base_library_genome(model: str) -> Genome:

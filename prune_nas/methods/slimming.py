@@ -3,8 +3,9 @@
 Training: every *prunable* BN scale gamma gets ``s * sign(gamma)`` added to its gradient after backward.
 The reference code's ``s`` is ``1e-4`` for CIFAR VGG and ``1e-5`` for ResNet, PreResNet and DenseNet, on the
 paper's CIFAR schedule, and ``1e-5`` for ImageNet VGG-11 on the ImageNet schedule (90 epochs of 5005 steps,
-1,281,167 images in batches of 256, lr divided by 10 every 30: a sum of lr of 16666.65). The CIFAR schedule: 160 epochs of 782 steps (50,000 images, batch 64) at lr 0.1 / 0.01 / 0.001 for 50 / 25 / 25% of them,
-a sum of lr over the steps of 6600.08. A shorter schedule with that ``s`` barely moves the scales (5 epochs
+1,281,167 images in batches of 256, lr divided by 10 every 30: a sum of lr of 16666.65). The CIFAR schedule:
+160 epochs of 782 steps (50,000 images, batch 64) at lr 0.1 / 0.01 / 0.001 for 50 / 25 / 25% of them, a sum
+of lr over the steps of 6600.08. A shorter schedule with that ``s`` barely moves the scales (5 epochs
 of the bundled digits are 115 steps, a sum of lr of 4.9: every |gamma| stays near 1, and a 50% cut removes
 channels as large as the ones it keeps). So, unless ``s`` is given, :func:`schedule_s` scales the
 reference's value by ``R ** S_EXPONENT``, ``R`` = the reference schedule's sum of lr / this schedule's
@@ -104,8 +105,9 @@ def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epo
 
     ``s`` given: used as given (``rule: "given"``). Else, with the schedule (``protocol`` and the data's
     ``steps_per_epoch``): the schedule rule, the reference's s (:func:`default_s`, for an ImageNet model with
-    ``imagenet``) times ``(paper_lr_sum(imagenet) / lr_sum(protocol, steps_per_epoch)) ** S_EXPONENT``, rounded
-    to 4 significant digits (``rule: "schedule"``); on the reference's own schedule that is its s exactly.
+    ``imagenet``) times ``(paper_lr_sum(imagenet) / lr_sum(protocol, steps_per_epoch)) ** S_EXPONENT``,
+    rounded to 4 significant digits (``rule: "schedule"``); on the reference's own schedule that is its s
+    exactly.
     Without a schedule: the reference's s (``rule: "reference"``).
 
     >>> from prune_nas.training.protocol import Protocol
@@ -130,9 +132,9 @@ def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epo
                                                                                   PAPER_STEPS_PER_EPOCH)
     value = float(f"{reference * (ref / ours) ** S_EXPONENT:.4g}")
     text = (f"s = {value:.4g} by the schedule rule: the reference code's s for {where}, {reference:g} on its "
-            f"schedule of {epochs} epochs x {steps} steps (sum of lr {ref:.6g}), times ({ref:.6g} / {ours:.4g}) "
-            f"** {S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x {steps_per_epoch} steps (sum of "
-            f"lr {ours:.4g})")
+            f"schedule of {epochs} epochs x {steps} steps (sum of lr {ref:.6g}), times "
+            f"({ref:.6g} / {ours:.4g}) ** {S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x "
+            f"{steps_per_epoch} steps (sum of lr {ours:.4g})")
     if ours < SHORTEST_LR_SUM:
         text += (f"; shorter than the shortest schedule this rule was checked to work on (sum of lr "
                  f"{SHORTEST_LR_SUM:g}, 10 digits epochs): the large model may collapse")
@@ -199,7 +201,8 @@ class Slimming(Method):
     def training_record(self, genome, *, s=None, protocol=None, steps_per_epoch=None, **_) -> dict:
         """The s the training phase uses and how it was derived (:func:`schedule_s`). ImageNet models (1000
         classes, as registered) take the reference's ImageNet s and schedule."""
-        return schedule_s(genome.family, s, protocol, steps_per_epoch, imagenet=genome.spec.num_classes == 1000)
+        imagenet = genome.spec.num_classes == 1000
+        return schedule_s(genome.family, s, protocol, steps_per_epoch, imagenet=imagenet)
 
     def regularizer(self, genome, **kwargs) -> dict:
         """What the training phase depends on (part of the trained model's cache key): the effective s."""

@@ -21,8 +21,8 @@ Where the scale lives: a parameter ``block_scale`` on the branch's last layer (`
 layer's output, so the model's own code is untouched and a copy of the model keeps working.
 
 The pruned architecture (post-activation ResNets), as the reference code: when a stage's first block is
-removed, the stage keeps that block's shortcut (``stage{s}.shortcut``: the projection conv + BN, or pooling and
-zero-padding), which does the stage's down-sampling, and its surviving blocks stay identity blocks at the
+removed, the stage keeps that block's shortcut (``stage{s}.shortcut``: the projection conv + BN, or pooling
+and zero-padding), which does the stage's down-sampling, and its surviving blocks stay identity blocks at the
 stage's resolution (``Genome.shortcut_entries`` lists such stages when blocks survive; a stage with no block
 left always opens with its shortcut). Pre-activation ResNets instead let the first kept block do the
 down-sampling.
@@ -246,15 +246,16 @@ def config_blocks(genome, scales: dict[str, float], config: str) -> tuple[list[l
         raise UserError(f"sss has no config {config!r}; configs: {', '.join(CONFIGS)}")
     target = get(CONFIGS[config])
     if genome.model != target.model or tuple(genome.blocks) != tuple(target.spec.default_blocks):
-        raise UserError(f"sss config {config!r} is for the unpruned {target.model}, not {genome.model} at blocks "
-                        f"{list(genome.blocks)}")
+        raise UserError(f"sss config {config!r} is for the unpruned {target.model}, not {genome.model} at "
+                        f"blocks {list(genome.blocks)}")
     keep = []
     for s, (n, target_n) in enumerate(zip(genome.blocks, target.blocks), start=1):
         first = target_n > 0 and s not in target.shortcut_entries
         others = sorted(range(1, n), key=lambda b: (-abs(scales[f"stage{s}.block{b}"]), b))
         keep.append(sorted(([0] if first else []) + others[:target_n - first]))
     weakest = min((abs(scales[f"stage{s}.block{b}"]) for s, k in enumerate(keep, 1) for b in k), default=0.0)
-    return keep, [f"config {config}: kept the blocks of {CONFIGS[config]} (smallest kept |scale| {weakest:.3g})"]
+    note = f"config {config}: kept the blocks of {CONFIGS[config]} (smallest kept |scale| {weakest:.3g})"
+    return keep, [note]
 
 
 def pruned_genome(genome, keep: list[list[int]]) -> tuple[object, list[str]]:

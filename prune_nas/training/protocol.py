@@ -53,7 +53,8 @@ class Protocol:
             from prune_nas.core.errors import UserError
 
             if not 0 < self.lr_step_every <= 1:
-                raise UserError(f"lr_step_every is a fraction of the epochs in (0, 1], got {self.lr_step_every}")
+                raise UserError(f"lr_step_every is a fraction of the epochs in (0, 1], got "
+                                f"{self.lr_step_every}")
             if self.lr_steps:
                 raise UserError("give lr_steps (fractions) or lr_step_every (a period), not both")
 

@@ -166,7 +166,7 @@ def specs() -> list[ModelSpec]:
         ModelSpec("densenet40", "densenet", 10, 32,
                   config={"depth": 40, "growth": 12, "bottleneck": False, "compression": 1.0},
                   summary="CIFAR DenseNet-40, growth 12, no bottleneck or compression",
-                  bn_init=0.5),  # the reference's Network Slimming model; DenseNet-BC-100 (weight-level) has 1
+                  bn_init=0.5),  # the reference's slimming model; DenseNet-BC-100 (weight-level) has 1
         ModelSpec("densenet-bc100", "densenet", 10, 32,
                   config={"depth": 100, "growth": 12, "bottleneck": True, "compression": 0.5},
                   summary="CIFAR DenseNet-BC-100, growth 12, bottleneck 4k, compression 0.5"),

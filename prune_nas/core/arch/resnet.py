@@ -67,8 +67,8 @@ class ResNet(Family):
 
     def shortcut_entry_problem(self, spec, blocks, stage):
         if self._identity_entry(spec, stage):
-            return (f"stage {stage} of {spec.name} opens with an identity shortcut: without its first block's "
-                    "branch it is just fewer blocks")
+            return (f"stage {stage} of {spec.name} opens with an identity shortcut: without its first "
+                    "block's branch it is just fewer blocks")
         if blocks[stage - 1] == 0:
             return f"stage {stage} has no block: it opens with its shortcut anyway (do not list it)"
         if blocks[stage - 1] >= spec.default_blocks[stage - 1]:
@@ -120,7 +120,8 @@ class ResNet(Family):
                             Op(f"{p}.bn2", "bn", w2, w2, out_slot=c2),
                             Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,), out_slot=st_slot),
                             Op(f"{p}.bn3", "bn", cout, cout, out_slot=st_slot)]
-                if b == 0 and not entry and cfg["shortcut"] == "projection" and not self._identity_entry(spec, s):
+                projection = cfg["shortcut"] == "projection" and not self._identity_entry(spec, s)
+                if b == 0 and not entry and projection:
                     ops += [Op(f"{p}.shortcut.0", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
                                out_slot=st_slot),
                             Op(f"{p}.shortcut.1", "bn", cout, cout, out_slot=st_slot)]

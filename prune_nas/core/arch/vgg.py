@@ -152,11 +152,13 @@ def specs() -> list[ModelSpec]:
                              summary=f"CIFAR VGG-{depth}-BN, global pool + one Linear (Network Slimming)",
                              bn_init=0.5))
         out.append(ModelSpec(f"vgg{depth}-l1", "vgg", 10, 32, config={"depth": depth, "head": "mlp"},
-                             summary=f"CIFAR VGG-{depth}-BN with the Linear-BN1d-ReLU-Linear head of Li et al.",
+                             summary=f"CIFAR VGG-{depth}-BN with the Linear-BN1d-ReLU-Linear head of Li et "
+                                     "al.",
                              bn_init=0.5))
     out.append(ModelSpec("vgg11-imagenet", "vgg", 1000, 224,
                          config={"depth": 11, "head": "fc-bn", "final_pool": True},
-                         summary="ImageNet VGG-11-BN (Network Slimming): 4096-4096 FC head with BN1d, no dropout",
+                         summary="ImageNet VGG-11-BN (Network Slimming): 4096-4096 FC head with BN1d, no "
+                                 "dropout",
                          bn_init=0.5))
     out.append(ModelSpec("vgg16-imagenet", "vgg", 1000, 224,
                          config={"depth": 16, "head": "fc", "final_pool": True},
@@ -167,6 +169,6 @@ def specs() -> list[ModelSpec]:
                                  "(the ThiNet and regression-pruning base)"))
     out.append(ModelSpec("vgg16-nobn-imagenet-gap", "vgg", 1000, 224,
                          config={"depth": 16, "head": "gap", "bn": False},
-                         summary="ImageNet VGG-16 without BN, without the last pool and FC layers: global pool "
-                                 "+ one Linear (ThiNet-GAP/Tiny)"))
+                         summary="ImageNet VGG-16 without BN, without the last pool and FC layers: global "
+                                 "pool + one Linear (ThiNet-GAP/Tiny)"))
     return out
