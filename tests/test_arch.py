@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from prune_nas import build
 from prune_nas.core.arch import MODELS, list_models
 from prune_nas.core.cost import count
+from prune_nas.core.errors import GenomeError
 from prune_nas.core.genome import base_genome, random_genome
 
 # Unpruned parameter counts at the models' own class counts (10 on CIFAR, 1000 on ImageNet), cross-checked
@@ -18,8 +19,12 @@ GOLDEN_PARAMS = {
     "vgg11": 9_228_362, "vgg13": 9_413_066, "vgg16": 14_724_042, "vgg19": 20_035_018,
     "vgg16-l1": 14_987_722, "resnet20": 269_722, "resnet32": 464_154, "resnet56": 853_018,
     "resnet110": 1_727_962, "preresnet110": 1_146_842, "preresnet164": 1_703_258, "densenet40": 1_059_298,
-    "densenet-bc100": 769_162, "resnet34": 21_797_672, "resnet50": 25_557_032, "vgg11-imagenet": 132_866_088,
+    "densenet-bc100": 769_162, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    # 132_866_088 before its head followed the reference (Network Slimming's ImageNet VGG-11): two BatchNorm1d
+    # of 4096 units add 2 x 4096 x 2 scales and shifts.
+    "vgg11-imagenet": 132_882_472,
     "vgg16-imagenet": 138_361_768,
+    "vgg16-nobn-imagenet": 138_357_544,  # torchvision's VGG-16 (no BN) has exactly this many
 }
 # Multiply-accumulates (Li et al. report 3.13E8 for VGG-16, 1.25E8 for ResNet-56, 2.53E8 for ResNet-110,
 # 3.64E9 for ResNet-34; ResNet-50 with stride on the 3x3 conv is 4.09G).
@@ -67,11 +72,62 @@ def test_random_genomes_build_run_and_cost_exactly(model):
         _check(random_genome(model, rng, 0.05, 0.5, num_classes=7, **kwargs))
 
 
-@pytest.mark.parametrize("model,blocks", [("resnet56", (9, 0, 4)), ("resnet50", (0, 2, 5, 1)),
-                                          ("preresnet110", (3, 0, 12)), ("resnet34", (0, 4, 6, 3))])
-def test_block_pruned_genomes_including_empty_stages(model, blocks):
+@pytest.mark.parametrize("model,blocks,entries", [
+    ("resnet56", (9, 0, 4), ()), ("resnet50", (0, 2, 5, 1), ()), ("resnet50", (0, 2, 5, 1), (2, 3)),
+    ("resnet56", (9, 3, 4), (2, 3)), ("preresnet110", (3, 0, 12), ()), ("resnet34", (0, 4, 6, 3), ())])
+def test_block_pruned_genomes_including_empty_stages(model, blocks, entries):
     g = base_genome(model, blocks=blocks, width_mult=0.25, input_size=SMALL_INPUT[model])
-    _check(g)
+    _check(g.replace(shortcut_entries=entries))
+
+
+def test_a_shortcut_entry_downsamples_and_its_blocks_are_identity_blocks():
+    g = base_genome("resnet50", blocks=(3, 2, 6, 3), width_mult=0.125, input_size=64)
+    entry = g.replace(shortcut_entries=(2,))
+    assert entry.key != g.key and count(entry).flops < count(g).flops  # its blocks run at the low resolution
+    stage = build(entry).stage2
+    assert stage.shortcut[0].stride == (2, 2) and isinstance(stage.shortcut[1], torch.nn.BatchNorm2d)
+    assert all(isinstance(b.shortcut, torch.nn.Identity) and b.conv2.stride == (1, 1)
+               for b in (stage.block0, stage.block1))
+    for bad, match in (((1,), "keeps all 3 blocks"), ((3, 2), "increasing order"), ((5,), "stages are 1..4")):
+        with pytest.raises(GenomeError, match=match):
+            g.replace(shortcut_entries=bad)
+    with pytest.raises(GenomeError, match="identity shortcut"):
+        base_genome("resnet20", blocks=(2, 3, 3)).replace(shortcut_entries=(1,))
+    with pytest.raises(GenomeError, match="do not support"):
+        base_genome("preresnet110", blocks=(3, 2, 12)).replace(shortcut_entries=(2,))
+
+
+def test_cifar_shortcuts_average_pool_and_zero_pad_with_gradients():
+    from prune_nas.core.arch.resnet import PadShortcut
+
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4).requires_grad_()
+    out = PadShortcut(2, 4, 2)(x)
+    assert out.shape == (1, 4, 2, 2) and not out[:, 2:].any()
+    assert torch.equal(out[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))  # 2x2 means, not x[::2, ::2]
+    out.sum().backward()  # unlike the reference's detached shortcut, gradients reach the input
+    assert torch.equal(x.grad, torch.full_like(x, 0.25))
+    assert PadShortcut(2, 4, 2)(torch.ones(1, 2, 5, 5)).shape[-1] == 3  # as a stride-2 3x3 conv at odd sizes
+
+
+# The reference initialises BatchNorm scales at 0.5 in its Network Slimming models and its L1-norm VGG-16, and
+# at 1 elsewhere (torchvision and bearpaw models, the L1-norm ResNets, ThiNet's and regression's ResNets).
+BN_INIT = {"vgg11": 0.5, "vgg16": 0.5, "vgg19": 0.5, "vgg16-l1": 0.5, "vgg11-imagenet": 0.5,
+           "preresnet164": 0.5, "densenet40": 0.5, "preresnet110": 1.0, "densenet-bc100": 1.0,
+           "resnet56": 1.0, "resnet110": 1.0, "resnet34": 1.0, "resnet50": 1.0, "vgg16-imagenet": 1.0}
+
+
+@pytest.mark.parametrize("model", sorted(BN_INIT))
+def test_batchnorm_scale_init_follows_the_reference(model):
+    built = build(base_genome(model, width_mult=0.125, input_size=SMALL_INPUT[model]))
+    bns = [m for m in built.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(torch.all(m.weight == BN_INIT[model]) and not m.bias.any() for m in bns)
+    assert MODELS[model].bn_init == BN_INIT[model]
+
+
+def test_vgg_without_batchnorm_has_conv_biases_and_no_bn():
+    built = build(base_genome("vgg16-nobn-imagenet", width_mult=0.0625, input_size=32))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in built.modules())
+    assert all(m.bias is not None for m in built.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_registry_covers_the_required_families():

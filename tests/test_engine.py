@@ -116,9 +116,10 @@ def test_train_model_runs_the_same_loop_with_either_engine():
     ds = load_dataset("synthetic", input_size=16)
     results = {}
     for engine in ("eager", "fast"):
-        h = train_model(tiny_model(), ds, Protocol(epochs=3, batch_size=32, lr=0.05), seed=0, progress=False,
+        # 4 epochs: VGG's BN scales start at 0.5 (as the reference code), which learns a little slower here
+        h = train_model(tiny_model(), ds, Protocol(epochs=4, batch_size=32, lr=0.05), seed=0, progress=False,
                         engine=engine)
-        assert h.status == "ok" and len(h.curve) == 3
+        assert h.status == "ok" and len(h.curve) == 4
         results[engine] = h.curve[-1]["test_top1"]
     # Synthetic classes are separable: both engines learn them (chance is 0.1).
     assert min(results.values()) > 0.5, results

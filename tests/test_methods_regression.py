@@ -121,13 +121,13 @@ def test_refit_beats_no_refit_end_to_end():
 
 def test_named_config_gives_the_library_widths():
     named = library_genomes()["vgg16-5x"]
-    genome = base_genome("vgg16-imagenet")
+    genome = base_genome("vgg16-nobn-imagenet")
     keep, _ = target_widths("regression", genome, None, "vgg16-5x", CONFIGS)
     assert {**genome.widths, **keep} == dict(named.widths)
-    with pytest.raises(UserError, match="is for vgg16-imagenet, not vgg16"):
+    with pytest.raises(UserError, match="is for vgg16-nobn-imagenet, not vgg16"):
         target_widths("regression", base_genome("vgg16"), None, "vgg16-5x", CONFIGS)
     # A narrowed model is pruned in proportion: conv1 keeps 24 of 64 at full width, so 6 of 16 at a quarter.
-    narrow = base_genome("vgg16-imagenet", width_mult=0.25)
+    narrow = base_genome("vgg16-nobn-imagenet", width_mult=0.25)
     keep, _ = target_widths("regression", narrow, None, "vgg16-5x", CONFIGS)
     assert keep["conv1"] == 6 and keep["conv3"] == 10 and "conv13" not in keep
 

@@ -151,7 +151,45 @@ def test_paper_schedule_keeps_the_papers_s():
         for proto in (Protocol.cifar(), Protocol.for_dataset("cifar100")):
             got = schedule_s(fam, protocol=proto, steps_per_epoch=782)
             assert got["s"] == paper and got["rule"] == "schedule"
-        assert schedule_s(fam) == {"s": paper, "rule": "paper", "text": f"s = {paper:g}, the paper's for {fam}"}
+        assert schedule_s(fam) == {"s": paper, "rule": "reference",
+                                   "text": f"s = {paper:g}, the reference code's for CIFAR {fam} "
+                                           "(no schedule to scale it to)"}
+
+
+def test_imagenet_vgg11_takes_the_reference_s_and_schedule():
+    assert paper_lr_sum(imagenet=True) == pytest.approx(5005 * 30 * (0.1 + 0.01 + 0.001))  # 16666.65
+    g = base_genome("vgg11-imagenet")
+    slim = get_method("slimming")
+    got = slim.training_record(g, protocol=Protocol.imagenet(), steps_per_epoch=5005)
+    assert (got["s"], got["rule"], got["reference_s"]) == (1e-5, "schedule", 1e-5)
+    # A short schedule scales the reference's 1e-5 (not CIFAR VGG's 1e-4), and the text says which rule did it
+    short = slim.training_record(g, protocol=Protocol.imagenet(epochs=10), steps_per_epoch=100)
+    assert short["s"] == pytest.approx(1e-5 * (paper_lr_sum(True) / short["lr_sum"]) ** S_EXPONENT, rel=1e-3)
+    assert short["text"].startswith(f"s = {short['s']:.4g} by the schedule rule: the reference code's s for "
+                                    "ImageNet vgg, 1e-05 on its schedule of 90 epochs x 5005 steps")
+    assert "paper's" not in short["text"]
+
+
+def test_imagenet_vgg11_head_units_share_the_global_threshold():
+    g = base_genome("vgg11-imagenet", width_mult=0.0625, input_size=32)
+    slim = get_method("slimming")
+    assert prunable_bns(g)["fc1"] == ["classifier.1"] and prunable_bns(g)["fc2"] == ["classifier.4"]
+    model = build(g)
+    (cb,) = slim.training_callbacks(model, genome=g, s=1e-3)
+    assert "classifier.1" in cb.modules and "classifier.4" in cb.modules
+    with torch.no_grad():  # head units far smaller than every conv channel: the global cut takes them first
+        for name, m in model.named_modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                low, high = (0.001, 0.01) if name.startswith("classifier") else (0.5, 1.0)
+                m.weight.uniform_(low, high)
+    n_head = g.widths["fc1"] + g.widths["fc2"]
+    n_all = sum(g.widths.values())
+    result = slim.prune(g, model, ratio=(n_head - 2) / n_all)
+    assert result.genome.widths["fc1"] + result.genome.widths["fc2"] <= 3
+    assert all(result.genome.widths[k] == g.widths[k] for k in g.widths if k.startswith("conv"))
+    pruned = build(result.genome)
+    pruned.load_state_dict(result.state_dict)
+    assert pruned.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
 
 
 @pytest.mark.parametrize("epochs", [3, 5, 10, 20, 40])
@@ -161,7 +199,7 @@ def test_shorter_schedules_scale_s_by_the_lr_sum(epochs):
     ratio = paper_lr_sum() / lr_sum(proto, 23)
     assert got["s"] == pytest.approx(1e-4 * ratio ** S_EXPONENT, rel=1e-3)
     assert got["s"] > 1e-4 and got["lr_sum"] == pytest.approx(23 * sum(proto.lr_at(e) for e in range(epochs)))
-    assert f"{epochs} epochs x 23 steps" in got["text"] and got["paper_s"] == 1e-4
+    assert f"{epochs} epochs x 23 steps" in got["text"] and got["reference_s"] == 1e-4
     assert ("the large model may collapse" in got["text"]) == (epochs < 10)
     # given explicitly: used as given, whatever the schedule
     assert schedule_s("vgg", 3e-3, proto, 23) == {"s": 3e-3, "rule": "given", "text": "s = 0.003, as given"}

@@ -150,41 +150,53 @@ def test_inherited_weights_compute_what_the_scaled_model_computes(model_name):
     assert block_scales(model) == pytest.approx(scales)  # the caller's model keeps its scales
 
 
-def test_a_removed_first_block_hands_its_shortcut_to_the_next_one():
-    genome = base_genome("resnet20", **TINY["resnet20"])
+@pytest.mark.parametrize("model_name", ["resnet20", "resnet50"])
+def test_a_removed_first_block_leaves_its_shortcut_and_identity_blocks(model_name):
+    genome = base_genome(model_name, **TINY[model_name])
     model = randomized(genome)
-    # Stage 1 has an identity entry: dropping its first block changes nothing for the next one (exact).
-    set_scales(model, {"stage1.block0": 0.0})
     x = x_for(genome)
-    with torch.no_grad():
-        expected = model(x)
-    result = SSS.prune(genome, model)
-    pruned = build(result.genome)
-    pruned.load_state_dict(result.state_dict)
-    assert torch.allclose(pruned.eval()(x), expected, atol=1e-5, rtol=1e-4)
-    # Stage 2's new first block reads stage 1's narrower output at stride 2: its first layer starts afresh.
-    set_scales(model, {"stage2.block0": 0.0})
-    result = SSS.prune(genome, model)
-    assert result.genome.blocks == (3, 2, 3)
-    assert any("stage2.block0 (was block1)" in n and "freshly initialised" in n for n in result.notes)
-    state = result.state_dict
-    assert torch.equal(state["stage2.block0.conv2.weight"], model.stage2.block1.conv2.weight)
-    assert torch.equal(state["stage2.block1.conv1.weight"], model.stage2.block2.conv1.weight)
+    # Stage 1 of ResNet-20 has an identity entry: dropping its first block is just fewer blocks. Elsewhere the
+    # stage keeps block 0's shortcut (pooling + zero-padding, or the projection), which down-samples, and its
+    # other blocks stay identity blocks at the low resolution: as the reference, and exact.
+    for removed, entries in (("stage1.block0", () if model_name == "resnet20" else (1,)),
+                             ("stage2.block0", (2,))):
+        set_scales(model, {removed: 0.0})
+        with torch.no_grad():
+            expected = model(x)
+        result = SSS.prune(genome, model)
+        assert result.genome.shortcut_entries == entries
+        removed_stage = int(removed[5])
+        assert result.genome.blocks == tuple(n - (s == removed_stage) for s, n in enumerate(genome.blocks, 1))
+        pruned = build(result.genome)
+        pruned.load_state_dict(result.state_dict)
+        assert torch.allclose(pruned.eval()(x), expected, atol=1e-5, rtol=1e-4)
+        assert not any("freshly initialised" in n for n in result.notes)
+        stage = getattr(pruned, removed.split(".")[0])
+        assert isinstance(stage.block0.shortcut, torch.nn.Identity) and stage.block0.conv1.stride == (1, 1)
+        if model_name == "resnet50":
+            assert torch.equal(result.state_dict[f"{removed[:6]}.shortcut.0.weight"],
+                               model.get_submodule(f"{removed}.shortcut.0").weight)
 
 
 def test_resnet50_gives_the_papers_resnet41_32_26():
     genome = base_genome("resnet50")
     names = [f"stage{s}.block{b}" for s, n in enumerate(genome.blocks, start=1) for b in range(n)]
     library = library_genomes()
-    for target in ("sss-resnet41", "sss-resnet32", "sss-resnet26"):
-        blocks = library[target].blocks
-        # Keep the first blocks[s] of every stage, zero the rest.
-        scales = {n: (1.0 if int(n.split("block")[1]) < blocks[int(n[5]) - 1] else 0.0) for n in names}
-        result = SSS.prune(genome, None, scales=scales)
+    # The reference's config.units: (blocks kept, whether the stage's first block is kept) per stage.
+    units = {"sss-resnet41": [(0, False), (4, True), (6, True), (3, True)],
+             "sss-resnet32": [(1, False), (4, True), (4, True), (1, True)],
+             "sss-resnet26": [(0, False), (2, False), (5, False), (1, True)]}
+    for target, stages in units.items():
+        kept = set()
+        for s, (n, first) in enumerate(stages, start=1):
+            kept |= {f"stage{s}.block{b}" for b in range(0 if first else 1, 6)[:n]}
+        result = SSS.prune(genome, None, scales={n: float(n in kept) for n in names})
         assert result.state_dict is None
-        assert result.genome.blocks == blocks
+        assert result.genome.blocks == tuple(n for n, _ in stages)
+        entries = tuple(s for s, (n, first) in enumerate(stages, 1) if n and not first)
+        assert result.genome.shortcut_entries == entries
         assert result.genome.key == library[target].key
-        assert 3 * sum(blocks) + 2 == int(target.removeprefix("sss-resnet"))
+        assert 3 * sum(result.genome.blocks) + 2 == int(target.removeprefix("sss-resnet"))
 
 
 def test_a_threshold_removes_near_zero_blocks_and_the_model_is_never_emptied():
@@ -248,7 +260,7 @@ def test_bad_input():
 def test_registry_entry():
     assert SSS.target == "automatic" and SSS.needs_training
     assert set(SSS.families) == {"resnet", "preresnet"}
-    assert {p.name for p in SSS.params} == {"penalty", "threshold"}
+    assert {p.name for p in SSS.params} == {"penalty", "threshold", "config"}
     assert "ECCV 2018" in SSS.citation
     model = build(base_genome("resnet20", width_mult=0.25, input_size=16))
     callbacks = SSS.training_callbacks(model, penalty=0.1, protocol=Protocol(epochs=1))

@@ -246,7 +246,7 @@ def test_named_configs_give_the_library_widths(alias):
 @pytest.mark.slow
 def test_a_ratio_on_vgg16_leaves_the_last_stage_as_thinet_conv_does():
     """ThiNet-Conv halves conv1-10 of VGG-16 and keeps conv11-13: --ratio 0.5 gives exactly its widths."""
-    genome = base_genome("vgg16-imagenet")
+    genome = base_genome("vgg16-nobn-imagenet")
     by_ratio, _ = THINET.targets(genome, 0.5, None)
     by_config, _ = THINET.targets(genome, None, "vgg-conv")
     assert by_ratio == by_config
@@ -255,8 +255,8 @@ def test_a_ratio_on_vgg16_leaves_the_last_stage_as_thinet_conv_does():
     assert len(REGISTRY["regression"].targets(genome, 0.5, None)[0]) == 13
 
 
-def test_named_config_end_to_end_on_vgg16_gap():
-    genome = base_genome("vgg16-imagenet-gap")
+def test_named_config_end_to_end_on_vgg16_gap_without_bn():
+    genome = base_genome("vgg16-nobn-imagenet-gap")
     model = randomized(genome)
     x = torch.randn(4, 3, 16, 16)  # the global-pool head takes any size >= 16
     result = THINET.prune(genome, model, data=x, config="vgg-tiny", samples=200)
@@ -270,7 +270,7 @@ def test_named_config_end_to_end_on_vgg16_gap():
     (dict(ratio=1.5), "ratio must be in (0, 1)"),
     (dict(ratio=0.0), "ratio must be in (0, 1)"),
     (dict(ratio=0.5, config="vgg-gap"), "either a ratio or a config"),
-    (dict(config="vgg-gap"), "is for vgg16-imagenet-gap, not vgg11"),
+    (dict(config="vgg-gap"), "is for vgg16-nobn-imagenet-gap, not vgg11"),
     (dict(config="nope"), "unknown config"),
 ])
 def test_bad_input_is_one_clear_user_error(kwargs, message):

@@ -9,7 +9,7 @@ import torch
 
 import prune_nas.training.runs as train_mod
 from prune_nas.core.builder import build
-from prune_nas.core.genome import base_genome, save_genome
+from prune_nas.core.genome import _hash, base_genome, save_genome
 from prune_nas.training.data import synthetic
 from prune_nas.training.protocol import Budget, Protocol
 from prune_nas.training.runs import RunSpec, attach_weights, init_model, run
@@ -54,6 +54,10 @@ def test_spec_key_is_pinned_and_canonical():
     spec = RunSpec(g, "digits", Protocol.for_dataset("digits"), Budget("epochs", 3), seed=0)
     # Pinned: a change to the key's content (defaults included) must be deliberate, as it orphans stored runs.
     assert spec.key == PINNED_KEY
+    # The key before BN scale init was recorded: a CIFAR VGG starts at 0.5 (as the reference), so only its
+    # init entry changed.
+    assert spec.key_dict()["init"] == {"kind": "scratch", "bn_init": 0.5}
+    assert _hash({**spec.key_dict(), "init": {"kind": "scratch"}}) == "061271a21b59525b"
     renamed = RunSpec(g.replace(name="renamed"), "digits", Protocol.for_dataset("digits"),
                       Budget("epochs", 3))
     assert renamed.key == spec.key  # the name is not the architecture
@@ -66,7 +70,7 @@ def test_spec_key_is_pinned_and_canonical():
     assert len({spec.key} | {o.key for o in others}) == 6
 
 
-PINNED_KEY = "061271a21b59525b"
+PINNED_KEY = "b65779c56ae37d8d"
 
 
 def test_flops_budget_resolves_scratch_b():

@@ -8,6 +8,7 @@ import torch
 
 from prune_nas.core.builder import build
 from prune_nas.core.cost import count
+from prune_nas.core.errors import UserError
 from prune_nas.core.genome import MaskRef, Sparsity, base_genome
 from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import save_masks
@@ -54,6 +55,19 @@ def test_lr_schedule_steps():
     assert b.lr_milestones() == [121, 182]
     assert Protocol.imagenet().with_epochs(180).lr_milestones() == [60, 120]  # "steps every 60"
     assert Protocol(epochs=1).lr_at(0) == 0.1  # no step before the first epoch
+
+
+def test_sss_schedule_steps_every_30_and_stretches_its_stages():
+    sss = Protocol.sss_imagenet()
+    assert (sss.epochs, sss.lr_milestones()) == (100, [30, 60, 90])
+    # Scratch-B as the reference code's README lists: 117 / 145 / 179 epochs
+    assert [sss.with_epochs(e).lr_milestones() for e in (117, 145, 179)] == [[35, 70, 105], [43, 86, 129],
+                                                                             [53, 106, 159]]
+    assert Protocol.from_dict(sss.to_dict()) == sss and sss.to_dict()["lr_step_every"] == 0.3
+    assert "lr_step_every" not in Protocol.imagenet().to_dict()  # recorded only when set: old keys stay
+    assert Protocol.finetune(sss).lr_milestones() == []
+    with pytest.raises(UserError, match="not both"):
+        Protocol(lr_step_every=0.3)
 
 
 def test_scratch_b_vgg16_a_gives_243_epochs():

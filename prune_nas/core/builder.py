@@ -6,6 +6,7 @@ from torch import nn
 
 from prune_nas.core.arch import get_family
 from prune_nas.core.genome import Genome
+from prune_nas.core.geometry import structure_of
 
 
 def build(genome: Genome, masks: bool = True) -> nn.Module:
@@ -20,7 +21,7 @@ def build(genome: Genome, masks: bool = True) -> nn.Module:
     '_VGGNet'
     """
     model = get_family(genome.family).build(genome.spec, genome.blocks, genome.slot_widths(), genome.input_size,
-                                            genome.in_channels, genome.num_classes)
+                                            genome.in_channels, genome.num_classes, **structure_of(genome))
     if masks and genome.sparsity is not None:
         from prune_nas.core.masks import apply_masks, load_masks, sampled_masks
 

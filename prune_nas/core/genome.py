@@ -70,6 +70,10 @@ class Genome:
     input_size: int
     in_channels: int = 3
     blocks: tuple[int, ...] | None = None
+    # Stages (1-based) whose first block lost its residual branch while later blocks stayed: the stage opens
+    # with that block's shortcut alone (it still changes resolution and width), and its kept blocks are
+    # identity blocks. A stage with no block opens with its shortcut anyway and is not listed.
+    shortcut_entries: tuple[int, ...] = ()
     sparsity: Sparsity | None = None
     name: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
@@ -128,6 +132,8 @@ class Genome:
                    input={"channels": self.in_channels, "size": self.input_size},
                    widths={g: int(self.widths[g]) for g in self.groups.names})
         out["blocks"] = list(self.blocks) if self.blocks is not None else None
+        if self.shortcut_entries:  # only when set, so the keys of every other genome stay as they were
+            out["shortcut_entries"] = list(self.shortcut_entries)
         out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
         if self.provenance:
             out["provenance"] = dict(self.provenance)
@@ -159,8 +165,9 @@ class Genome:
             sparsity = Sparsity(dict(sp.get("density", {})), dict(sp.get("kernel_keep", {})), mask, sp.get("seed"))
         genome = cls(model=spec.name, widths=dict(data["widths"]), num_classes=data["num_classes"],
                      input_size=data["input"]["size"], in_channels=data["input"]["channels"],
-                     blocks=_canonical_blocks(spec, blocks), sparsity=sparsity, name=data.get("name"),
-                     provenance=dict(data.get("provenance", {})), source_dir=source_dir,
+                     blocks=_canonical_blocks(spec, blocks),
+                     shortcut_entries=tuple(data.get("shortcut_entries") or ()), sparsity=sparsity,
+                     name=data.get("name"), provenance=dict(data.get("provenance", {})), source_dir=source_dir,
                      model_args=_model_args(spec))
         validate(genome)
         return genome
@@ -177,6 +184,8 @@ class Genome:
         """A copy with fields changed, validated again."""
         if "blocks" in changes and changes["blocks"] is not None:
             changes["blocks"] = tuple(changes["blocks"])
+        if "shortcut_entries" in changes:
+            changes["shortcut_entries"] = tuple(changes["shortcut_entries"] or ())
         g = replace(self, **changes)
         validate(g)
         return g
@@ -246,6 +255,8 @@ def validate(genome: Genome) -> None:
             raise GenomeError("blocks", f"{spec.family} models do not support block pruning")
         if any(b < 0 for b in genome.blocks) or sum(genome.blocks) == 0:
             raise GenomeError("blocks", "each stage needs >= 0 blocks and the model at least one")
+    if genome.shortcut_entries:
+        _validate_shortcut_entries(genome)
     if genome.num_classes < 1:
         raise GenomeError("num_classes", "must be >= 1")
     if genome.in_channels < 1:
@@ -274,6 +285,22 @@ def validate(genome: Genome) -> None:
                               f"selects {slot_w[slot]} channels but only {limit} exist there")
     if genome.sparsity:
         _validate_sparsity(genome)
+
+
+def _validate_shortcut_entries(genome: Genome) -> None:
+    entries = genome.shortcut_entries
+    if list(entries) != sorted(set(entries)):
+        raise GenomeError("shortcut_entries",
+                          f"must be stage numbers in increasing order, got {list(entries)}")
+    if genome.blocks is None:
+        raise GenomeError("shortcut_entries", f"model {genome.model!r} has no prunable blocks")
+    family = get_family(genome.family)
+    for s in entries:
+        if not 1 <= s <= len(genome.blocks):
+            raise GenomeError("shortcut_entries", f"stages are 1..{len(genome.blocks)}, got {s}")
+        problem = family.shortcut_entry_problem(genome.spec, genome.blocks, s)
+        if problem:
+            raise GenomeError("shortcut_entries", problem)
 
 
 def _few(names: list[str]) -> str:

@@ -19,7 +19,12 @@ def ops_of(genome: "Genome") -> list[Op]:
     """Every conv / linear / BN layer of ``genome`` with its channels, kernel and output size."""
     family = get_family(genome.family)
     return family.ops(genome.spec, genome.blocks, genome.slot_widths(), genome.input_size,
-                      genome.in_channels, genome.num_classes)
+                      genome.in_channels, genome.num_classes, **structure_of(genome))
+
+
+def structure_of(genome: Genome) -> dict:
+    """What a family's ``ops`` and ``build`` take beyond blocks and widths: ``shortcut_entries`` when set."""
+    return {"shortcut_entries": genome.shortcut_entries} if genome.shortcut_entries else {}
 
 
 def conv_ops(genome: "Genome") -> dict[str, Op]:

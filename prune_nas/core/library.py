@@ -35,6 +35,7 @@ class Named:
     source: str
     widths: dict = field(default_factory=dict)  # group -> width overrides on the base
     blocks: tuple[int, ...] | None = None
+    shortcut_entries: tuple[int, ...] = ()  # stages opening with their first block's shortcut alone
     # Reductions (fraction removed) the original paper reports: {"params": .., "flops": ..}
     reported: dict = field(default_factory=dict)
     note: str = ""
@@ -105,13 +106,15 @@ NAMED: list[Named] = [
     Named("resnet34-b", "resnet34", "resnet34", "l1-norm", LI,
           l1_resnet_widths("resnet34", *L1_RESNET_CONFIGS[("resnet34", "B")]),
           reported={"params": 0.108, "flops": 0.241}),
-    Named("thinet-vgg-conv", "vgg16-imagenet", "vgg16-imagenet", "thinet", THINET,
+    # ThiNet and regression pruning prune the reference code's VGG-16 without BatchNorm; all three ThiNet VGGs
+    # are measured against the one unpruned VGG-16 (vgg_official in the reference code).
+    Named("thinet-vgg-conv", "vgg16-nobn-imagenet", "vgg16-nobn-imagenet", "thinet", THINET,
           vgg_widths([32, 32, M, 64, 64, M, 128, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M]),
           reported={"params": 1 - 131.44 / 138.34, "flops": 1 - 9.58 / 30.94}),
-    Named("thinet-vgg-gap", "vgg16-imagenet-gap", "vgg16-imagenet", "thinet", THINET,
+    Named("thinet-vgg-gap", "vgg16-nobn-imagenet-gap", "vgg16-nobn-imagenet", "thinet", THINET,
           vgg_widths([32, 32, M, 64, 64, M, 128, 128, 128, M, 256, 256, 256, M, 512, 512, 512]),
           reported={"params": 1 - 8.32 / 138.34, "flops": 1 - 9.34 / 30.94}),
-    Named("thinet-vgg-tiny", "vgg16-imagenet-gap", "vgg16-imagenet", "thinet", THINET,
+    Named("thinet-vgg-tiny", "vgg16-nobn-imagenet-gap", "vgg16-nobn-imagenet", "thinet", THINET,
           vgg_widths([16, 16, M, 32, 32, M, 64, 64, 64, M, 128, 128, 128, M, 128, 128, 256]),
           reported={"params": 1 - 1.32 / 138.34, "flops": 1 - 2.01 / 30.94}),
     Named("thinet-resnet50-30", "resnet50", "resnet50", "thinet", THINET, _thinet_resnet50((19, 38, 76, 153)),
@@ -120,19 +123,22 @@ NAMED: list[Named] = [
           reported={"params": 1 - 12.38 / 25.56, "flops": 1 - 3.41 / 7.72}),
     Named("thinet-resnet50-70", "resnet50", "resnet50", "thinet", THINET, _thinet_resnet50((44, 89, 179, 358)),
           reported={"params": 1 - 16.94 / 25.56, "flops": 1 - 4.88 / 7.72}),
-    Named("vgg16-5x", "vgg16-imagenet", "vgg16-imagenet", "regression", HE,
+    Named("vgg16-5x", "vgg16-nobn-imagenet", "vgg16-nobn-imagenet", "regression", HE,
           vgg_widths([24, 22, M, 41, 51, M, 108, 89, 111, M, 184, 276, 228, M, 512, 512, 512, M]),
           note="reported as a 5x theoretical speed-up; these widths remove 77.3% of all MACs (4.4x; 4.5x on "
                "conv layers alone) under this package's counting"),
-    # Kept blocks per stage from the rethinking paper's reference code notes; a stage with no block keeps its
-    # projection shortcut. The rethinking paper's Scratch-B epochs (117 / 145 / 179 of 100) are matched within
-    # 5% by this counting (117 / 147 / 171): see tests/test_library.py.
-    Named("sss-resnet41", "resnet50", "resnet50", "sss", SSS, blocks=(0, 4, 6, 3)),
-    Named("sss-resnet32", "resnet50", "resnet50", "sss", SSS, blocks=(1, 4, 4, 1)),
-    Named("sss-resnet26", "resnet50", "resnet50", "sss", SSS, blocks=(0, 2, 5, 1)),
+    # The reference code's config.units: (blocks kept, first block kept) per stage. A stage whose first block
+    # is gone keeps that block's projection shortcut, which down-samples; its other blocks stay identity
+    # blocks. With that structure this package's MAC counting gives exactly the rethinking paper's Scratch-B
+    # epochs, int(100 x FLOPs ratio) = 117 / 145 / 179 (tests/test_library.py).
+    Named("sss-resnet41", "resnet50", "resnet50", "sss", SSS, blocks=(0, 4, 6, 3)),  # (0,F) (4,T) (6,T) (3,T)
+    Named("sss-resnet32", "resnet50", "resnet50", "sss", SSS, blocks=(1, 4, 4, 1),  # (1,F) (4,T) (4,T) (1,T)
+          shortcut_entries=(1,)),
+    Named("sss-resnet26", "resnet50", "resnet50", "sss", SSS, blocks=(0, 2, 5, 1),  # (0,F) (2,F) (5,F) (1,T)
+          shortcut_entries=(2, 3)),
 ]
 BASES = ["vgg16", "vgg16-l1", "vgg19", "resnet56", "resnet110", "preresnet164", "densenet40", "resnet34",
-         "resnet50", "vgg16-imagenet", "vgg11-imagenet"]
+         "resnet50", "vgg16-imagenet", "vgg16-nobn-imagenet", "vgg11-imagenet"]
 
 
 def named_genome(n: Named) -> Genome:
@@ -147,7 +153,8 @@ def named_genome(n: Named) -> Genome:
         provenance["reported_reduction"] = {k: round(v, 4) for k, v in n.reported.items()}
     if n.note:
         provenance["note"] = n.note
-    return base.replace(name=n.name, widths=widths, provenance=provenance)
+    return base.replace(name=n.name, widths=widths, shortcut_entries=n.shortcut_entries,
+                        provenance=provenance)
 
 
 def base_library_genome(model: str) -> Genome:

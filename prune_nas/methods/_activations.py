@@ -303,6 +303,16 @@ class ReconstructionMethod(Method):
     def selector(self, **params) -> Selector:
         raise NotImplementedError
 
+    def protocol(self, dataset: str, model: str, **overrides):
+        """The reference code trains its BatchNorm-free ImageNet VGG-16s at lr 0.01 (``--lr 0.01`` in its
+        ThiNet and regression-pruning READMEs); everything else as the paper's protocol."""
+        from prune_nas.core.arch import get_spec
+
+        spec = get_spec(model)
+        if dataset == "imagenet" and spec.family == "vgg" and not spec.config.get("bn", True):
+            overrides = {"lr": 0.01, **overrides}
+        return super().protocol(dataset, model, **overrides)
+
     def refit_positions(self, samples: int, **params) -> Callable[[int, int], int]:
         """(kept channels, window) -> how many (image, position) pairs the refit of a layer samples."""
         return lambda k, window: samples

@@ -96,6 +96,12 @@ class Method:
         """What the training phase used and how its defaults were derived (slimming: the effective s), for
         the genome's provenance; None when there is nothing to say."""
         return None
+    def protocol(self, dataset: str, model: str, **overrides):
+        """The training protocol of the large model and of the pruned model's scratch runs with this method
+        on ``dataset``: the paper's for the dataset, unless the method's reference code trains otherwise."""
+        from prune_nas.training.protocol import Protocol
+
+        return Protocol.for_dataset(dataset, **overrides)
 
 
 REGISTRY: dict[str, Method] = {}

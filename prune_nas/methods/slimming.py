@@ -1,13 +1,16 @@
 """Network Slimming (Liu et al., ICCV 2017): L1 on BatchNorm scales during training, then one global threshold.
 
 Training: every *prunable* BN scale gamma gets ``s * sign(gamma)`` added to its gradient after backward.
-The paper's ``s`` (``1e-4`` for VGG, ``1e-5`` for ResNet, PreResNet and DenseNet) belongs to the paper's CIFAR
-schedule: 160 epochs of 782 steps (50,000 images, batch 64) at lr 0.1 / 0.01 / 0.001 for 50 / 25 / 25% of them,
-a sum of lr over the steps of 6600.08. A shorter schedule with that ``s`` barely moves the scales (5 epochs
+The reference code's ``s`` is ``1e-4`` for CIFAR VGG and ``1e-5`` for ResNet, PreResNet and DenseNet, on the
+paper's CIFAR schedule, and ``1e-5`` for ImageNet VGG-11 on the ImageNet schedule (90 epochs of 5005 steps,
+1,281,167 images in batches of 256, lr divided by 10 every 30: a sum of lr of 16666.65). The CIFAR schedule:
+160 epochs of 782 steps (50,000 images, batch 64) at lr 0.1 / 0.01 / 0.001 for 50 / 25 / 25% of them, a sum
+of lr over the steps of 6600.08. A shorter schedule with that ``s`` barely moves the scales (5 epochs
 of the bundled digits are 115 steps, a sum of lr of 4.9: every |gamma| stays near 1, and a 50% cut removes
 channels as large as the ones it keeps). So, unless ``s`` is given, :func:`schedule_s` scales the
-paper's value by ``R ** S_EXPONENT``, ``R`` = the paper's sum of lr / the schedule's (``protocol``, steps per
-epoch of the data): exactly the paper's ``s`` on the paper's schedule, larger on shorter ones.
+reference's value by ``R ** S_EXPONENT``, ``R`` = the reference schedule's sum of lr / this schedule's
+(``protocol``, steps per epoch of the data): exactly the reference's ``s`` on its schedule, larger on shorter
+ones.
 
 ``S_EXPONENT = 1`` would keep the total L1 push ``s * sum(lr)`` equal to the paper's. It overshoots on short
 schedules: the penalty outruns learning and drives every scale to zero. ``S_EXPONENT = 0.8`` was calibrated on
@@ -44,7 +47,9 @@ result says so in ``notes``.
 Which BNs are prunable (the penalty and the threshold see the same set): a BN whose channels are a width
 group of kind ``conv`` or ``select``, never one of kind ``stream``. Per family:
 
-* VGG: every conv's BN (``features.bn{i}``); not the BN1d of the L1-norm paper's MLP head.
+* VGG: every conv's BN (``features.bn{i}``), and the BN1d of each hidden layer of the ImageNet VGG-11's
+  4096-4096 head (``classifier.1``, ``classifier.4``), under the same global threshold as the reference; not
+  the BN1d of the L1-norm paper's MLP head (no width group: that head is not pruned).
 * ResNet (post-activation): the BNs of the inner convs (``bn1``; ``bn1``, ``bn2`` in bottlenecks) and the stem
   BN where the stem is its own group (ResNet-50); never ``bn2``/``bn3`` or shortcut BNs, which write into the
   residual stream.
@@ -65,16 +70,18 @@ from torch import nn
 from prune_nas.methods._base import Method, Param, PruneResult, check_ratio, register
 from prune_nas.methods.surgery import bn_ops, channel_ids, shrink, state_of
 
-S_DEFAULT = {"vgg": 1e-4}  # the paper's s, for the paper's CIFAR schedule
+S_DEFAULT = {"vgg": 1e-4}  # the reference's s on CIFAR, for the paper's CIFAR schedule
 S_OTHER = 1e-5
+S_IMAGENET = 1e-5  # the reference's s for ImageNet VGG-11 (its README: --s 0.00001), on the ImageNet schedule
 PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH = 160, 782  # CIFAR: 50,000 images in batches of 64, the last one partial
+IMAGENET_EPOCHS, IMAGENET_STEPS_PER_EPOCH = 90, 5005  # 1,281,167 images in batches of 256
 S_EXPONENT = 0.8  # s grows as (paper's sum of lr / the schedule's) ** S_EXPONENT; see the module doc
 SHORTEST_LR_SUM = 12.0  # the shortest schedule the rule keeps the large model on: 10 digits epochs (sum 12.03)
 
 
-def default_s(family: str) -> float:
-    """The paper's s for a family (for the paper's CIFAR schedule)."""
-    return S_DEFAULT.get(family, S_OTHER)
+def default_s(family: str, imagenet: bool = False) -> float:
+    """The reference code's s for a family, on CIFAR or (``imagenet``) on ImageNet, for its own schedule."""
+    return S_IMAGENET if imagenet else S_DEFAULT.get(family, S_OTHER)
 
 
 def lr_sum(protocol, steps_per_epoch: int) -> float:
@@ -82,45 +89,57 @@ def lr_sum(protocol, steps_per_epoch: int) -> float:
     return float(steps_per_epoch) * sum(protocol.lr_at(e) for e in range(protocol.epochs))
 
 
-def paper_lr_sum() -> float:
-    """The paper's CIFAR schedule: 160 epochs x 782 steps at 0.1 / 0.01 / 0.001 for 50 / 25 / 25% = 6600.08."""
+def paper_lr_sum(imagenet: bool = False) -> float:
+    """The reference schedule's sum of lr. CIFAR: 160 epochs x 782 steps at 0.1 / 0.01 / 0.001 for 50 / 25 /
+    25% = 6600.08. ImageNet: 90 epochs x 5005 steps, a third at each = 16666.65."""
     from prune_nas.training.protocol import Protocol
 
+    if imagenet:
+        return lr_sum(Protocol.imagenet(epochs=IMAGENET_EPOCHS), IMAGENET_STEPS_PER_EPOCH)
     return lr_sum(Protocol.cifar(epochs=PAPER_EPOCHS), PAPER_STEPS_PER_EPOCH)
 
 
-def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epoch: int | None = None) -> dict:
+def schedule_s(family: str, s: float | None = None, protocol=None, steps_per_epoch: int | None = None,
+               imagenet: bool = False) -> dict:
     """The s slimming trains with, and how it was derived: ``{"s", "rule", ...}``.
 
     ``s`` given: used as given (``rule: "given"``). Else, with the schedule (``protocol`` and the data's
-    ``steps_per_epoch``): the paper's s times ``(paper_lr_sum() / lr_sum(protocol, steps_per_epoch)) **
-    S_EXPONENT``, rounded to 4 significant digits (``rule: "schedule"``); on the paper's schedule that is the
-    paper's s exactly. Without a schedule: the paper's s (``rule: "paper"``).
+    ``steps_per_epoch``): the schedule rule, the reference's s (:func:`default_s`, for an ImageNet model with
+    ``imagenet``) times ``(paper_lr_sum(imagenet) / lr_sum(protocol, steps_per_epoch)) ** S_EXPONENT``,
+    rounded to 4 significant digits (``rule: "schedule"``); on the reference's own schedule that is its s
+    exactly.
+    Without a schedule: the reference's s (``rule: "reference"``).
 
     >>> from prune_nas.training.protocol import Protocol
     >>> schedule_s("vgg", protocol=Protocol.cifar(), steps_per_epoch=782)["s"]
     0.0001
     >>> schedule_s("vgg", protocol=Protocol.cifar(epochs=10, flip=False), steps_per_epoch=23)["s"]
     0.01554
+    >>> schedule_s("vgg", protocol=Protocol.imagenet(), steps_per_epoch=5005, imagenet=True)["s"]
+    1e-05
     >>> schedule_s("resnet", s=3e-4, protocol=Protocol.cifar(epochs=10), steps_per_epoch=23)["rule"]
     'given'
     """
-    paper = default_s(family)
+    reference = default_s(family, imagenet)
+    where = f"ImageNet {family}" if imagenet else f"CIFAR {family}"
     if s is not None:
         return {"s": float(s), "rule": "given", "text": f"s = {float(s):g}, as given"}
     if protocol is None or steps_per_epoch is None:
-        return {"s": paper, "rule": "paper", "text": f"s = {paper:g}, the paper's for {family}"}
-    ours, ref = lr_sum(protocol, steps_per_epoch), paper_lr_sum()
-    value = float(f"{paper * (ref / ours) ** S_EXPONENT:.4g}")
-    text = (f"s = {value:.4g}: the paper's {paper:g} for {family} (its CIFAR schedule: {PAPER_EPOCHS} "
-            f"epochs x {PAPER_STEPS_PER_EPOCH} steps, sum of lr {ref:.6g}) x ({ref:.6g} / {ours:.4g}) ** "
-            f"{S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x {steps_per_epoch} steps (sum of lr "
-            f"{ours:.4g})")
+        return {"s": reference, "rule": "reference",
+                "text": f"s = {reference:g}, the reference code's for {where} (no schedule to scale it to)"}
+    ours, ref = lr_sum(protocol, steps_per_epoch), paper_lr_sum(imagenet)
+    epochs, steps = (IMAGENET_EPOCHS, IMAGENET_STEPS_PER_EPOCH) if imagenet else (PAPER_EPOCHS,
+                                                                                  PAPER_STEPS_PER_EPOCH)
+    value = float(f"{reference * (ref / ours) ** S_EXPONENT:.4g}")
+    text = (f"s = {value:.4g} by the schedule rule: the reference code's s for {where}, {reference:g} on its "
+            f"schedule of {epochs} epochs x {steps} steps (sum of lr {ref:.6g}), times "
+            f"({ref:.6g} / {ours:.4g}) ** {S_EXPONENT:g} for this schedule's {protocol.epochs} epochs x "
+            f"{steps_per_epoch} steps (sum of lr {ours:.4g})")
     if ours < SHORTEST_LR_SUM:
         text += (f"; shorter than the shortest schedule this rule was checked to work on (sum of lr "
                  f"{SHORTEST_LR_SUM:g}, 10 digits epochs): the large model may collapse")
-    return {"s": value, "rule": "schedule", "paper_s": paper, "lr_sum": round(ours, 6),
-            "paper_lr_sum": round(ref, 6), "exponent": S_EXPONENT, "epochs": protocol.epochs,
+    return {"s": value, "rule": "schedule", "reference_s": reference, "lr_sum": round(ours, 6),
+            "reference_lr_sum": round(ref, 6), "exponent": S_EXPONENT, "epochs": protocol.epochs,
             "steps_per_epoch": int(steps_per_epoch), "text": text}
 
 
@@ -170,8 +189,8 @@ class Slimming(Method):
     families = ("vgg", "resnet", "preresnet", "densenet")
     params = (
         Param("ratio", 0.5, "fraction of all prunable channels removed (the global |gamma| quantile)"),
-        Param("s", None, "L1 weight on BN scales during training (default: the paper's 1e-4 for VGG, 1e-5 "
-                         "otherwise, scaled up for schedules shorter than its 160 CIFAR epochs)"),
+        Param("s", None, "L1 weight on BN scales during training (default: the reference's 1e-4 for CIFAR "
+                         "VGG, 1e-5 otherwise, scaled up for schedules shorter than the reference's)"),
     )
     regularizes_training = True
     training_params = ("s",)
@@ -181,8 +200,10 @@ class Slimming(Method):
         check_ratio(ratio if ratio is not None else 0.5)
 
     def training_record(self, genome, *, s=None, protocol=None, steps_per_epoch=None, **_) -> dict:
-        """The s the training phase uses and how it was derived (:func:`schedule_s`)."""
-        return schedule_s(genome.family, s, protocol, steps_per_epoch)
+        """The s the training phase uses and how it was derived (:func:`schedule_s`). ImageNet models (1000
+        classes, as registered) take the reference's ImageNet s and schedule."""
+        imagenet = genome.spec.num_classes == 1000
+        return schedule_s(genome.family, s, protocol, steps_per_epoch, imagenet=imagenet)
 
     def regularizer(self, genome, **kwargs) -> dict:
         """What the training phase depends on (part of the trained model's cache key): the effective s."""

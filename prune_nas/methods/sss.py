@@ -20,16 +20,19 @@ Where the scale lives: a parameter ``block_scale`` on the branch's last layer (`
 ``bn3`` of a bottleneck, ``conv3`` of a pre-activation bottleneck) with a forward hook multiplying that
 layer's output, so the model's own code is untouched and a copy of the model keeps working.
 
+The pruned architecture (post-activation ResNets), as the reference code: when a stage's first block is
+removed, the stage keeps that block's shortcut (``stage{s}.shortcut``: the projection conv + BN, or pooling
+and zero-padding), which does the stage's down-sampling, and its surviving blocks stay identity blocks at the
+stage's resolution (``Genome.shortcut_entries`` lists such stages when blocks survive; a stage with no block
+left always opens with its shortcut). Pre-activation ResNets instead let the first kept block do the
+down-sampling.
+
 Inherited weights (for the fine-tuning baseline): each kept block's weights are copied with its scale folded
 into the branch's last layer (a BN's weight and bias, or the pre-activation block's last conv), so a kept
-block computes what it computed with its scale. The arch renumbers kept blocks from 0 and lets the first kept
-block of a stage do the stage's down-sampling, so:
-
-* that block's shortcut is the stage's original shortcut (block 0's projection conv + BN, or zero-padding);
-* when that block was not block 0 and now reads a different tensor (the previous stage's output instead of
-  this stage's stream: every stage but an identity-entry one), its first layer (conv1 + bn1; for a
-  pre-activation block, the input selection + bn1 + conv1) is freshly initialised, and a note says so;
-* a stage left with no block keeps block 0's projection shortcut (conv + BN; ``stage{s}.shortcut``).
+block computes what it computed with its scale; a kept shortcut entry is block 0's shortcut. For a
+post-activation ResNet every kept layer thus reads what it read before. For a pre-activation ResNet, when the
+first kept block was not block 0 it now reads the previous stage's output, so its first layer (the input
+selection + bn1 + conv1) is freshly initialised, and a note says so.
 """
 
 from __future__ import annotations
@@ -220,12 +223,50 @@ def kept_blocks(genome, scales: dict[str, float],
     return keep, notes
 
 
+def _entry_removed(genome, s: int, keep: list[list[int]]) -> bool:
+    """Whether stage ``s`` of the pruned post-activation ResNet opens with its first block's shortcut alone
+    while later blocks survive (see the module doc)."""
+    from prune_nas.core.arch import get_family
+
+    k = keep[s - 1]
+    return (genome.family == "resnet" and bool(k) and k[0] != 0
+            and not get_family("resnet")._identity_entry(genome.spec, s))
+
+
+CONFIGS = {"resnet41": "sss-resnet41", "resnet32": "sss-resnet32", "resnet26": "sss-resnet26"}
+
+
+def config_blocks(genome, scales: dict[str, float], config: str) -> tuple[list[list[int]], list[str]]:
+    """Per stage, the blocks to keep to reach a named architecture (``CONFIGS``: the paper's ResNet-41 / 32 /
+    26 of ResNet-50): as many blocks as it keeps, its first block exactly when it keeps that, the others by
+    largest |scale| (ties to the lower index)."""
+    from prune_nas.core.library import get
+
+    if config not in CONFIGS:
+        raise UserError(f"sss has no config {config!r}; configs: {', '.join(CONFIGS)}")
+    target = get(CONFIGS[config])
+    if genome.model != target.model or tuple(genome.blocks) != tuple(target.spec.default_blocks):
+        raise UserError(f"sss config {config!r} is for the unpruned {target.model}, not {genome.model} at "
+                        f"blocks {list(genome.blocks)}")
+    keep = []
+    for s, (n, target_n) in enumerate(zip(genome.blocks, target.blocks), start=1):
+        first = target_n > 0 and s not in target.shortcut_entries
+        others = sorted(range(1, n), key=lambda b: (-abs(scales[f"stage{s}.block{b}"]), b))
+        keep.append(sorted(([0] if first else []) + others[:target_n - first]))
+    weakest = min((abs(scales[f"stage{s}.block{b}"]) for s, k in enumerate(keep, 1) for b in k), default=0.0)
+    note = f"config {config}: kept the blocks of {CONFIGS[config]} (smallest kept |scale| {weakest:.3g})"
+    return keep, [note]
+
+
 def pruned_genome(genome, keep: list[list[int]]) -> tuple[object, list[str]]:
     """The genome with only the kept blocks (renumbered), each keeping its own inner widths."""
     from prune_nas.core.arch import get_family
     from prune_nas.core.graph import width_groups
 
+    if genome.shortcut_entries:
+        raise UserError("sss: prune the base model's blocks (this genome already has shortcut entries)")
     blocks = tuple(len(k) for k in keep)
+    entries = tuple(s for s in range(1, len(keep) + 1) if _entry_removed(genome, s, keep))
     groups = width_groups(genome.model, blocks)
     widths = {}
     for g in groups.names:
@@ -243,7 +284,7 @@ def pruned_genome(genome, keep: list[list[int]]) -> tuple[object, list[str]]:
         if widths[g] > limit:
             notes.append(f"{g}: reads {limit} channels (it read {widths[g]} as a later block)")
             widths[g] = limit
-    return genome.replace(blocks=blocks, widths=widths), notes
+    return genome.replace(blocks=blocks, shortcut_entries=entries, widths=widths), notes
 
 
 def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> tuple[dict, list[str]]:
@@ -269,22 +310,13 @@ def inherited_state(genome, small, model: nn.Module, keep: list[list[int]]) -> t
             raise RuntimeError(f"sss: {src} {tuple(old[src].shape)} does not fit {key} {tuple(value.shape)}")
         out[key] = old[src].clone()
     for s, k in enumerate(keep, start=1):
-        if k and k[0] != 0 and _reads_new_tensor(genome, s):
+        if k and k[0] != 0 and family == "preresnet":
             notes.append(f"stage{s}.block0 (was block{k[0]}) now reads the previous stage's output: "
                          "its first layer is freshly initialised")
     return out, notes
 
 
-_FIRST_LAYER = {"resnet": ("conv1.", "bn1."), "preresnet": ("select.", "bn1.", "conv1.")}
-
-
-def _reads_new_tensor(genome, s: int) -> bool:
-    """Whether block 0 of stage ``s`` reads another tensor than the stage's later blocks do."""
-    if genome.family == "preresnet":
-        return True  # block 0 reads the stem or the previous stage; later blocks read the stage's stream
-    from prune_nas.core.arch import get_family
-
-    return not get_family("resnet")._identity_entry(genome.spec, s)
+_PRE_FIRST_LAYER = ("select.", "bn1.", "conv1.")
 
 
 def _source_key(genome, key: str, keep: list[list[int]], family: str) -> str | None:
@@ -295,13 +327,14 @@ def _source_key(genome, key: str, keep: list[list[int]], family: str) -> str | N
     s = int(parts[0][5:])
     old_n = genome.blocks[s - 1]
     first_shortcut = f"stage{s}.block0.shortcut" if old_n else f"stage{s}.shortcut"
-    if parts[1] == "shortcut":  # a stage with no block left: the original stage's shortcut
+    if parts[1] == "shortcut":  # a stage opening with its shortcut alone: the original block 0's shortcut
         return f"{first_shortcut}.{parts[2]}"
     new_b, rest = int(parts[1][5:]), parts[2]
     old_b = keep[s - 1][new_b]
     if rest.startswith("shortcut."):
         return f"{first_shortcut}.{rest[len('shortcut.'):]}"
-    if new_b == 0 and old_b != 0 and _reads_new_tensor(genome, s) and rest.startswith(_FIRST_LAYER[family]):
+    # A pre-activation block 0 reads the stem or the previous stage; its later blocks read the stage's stream.
+    if new_b == 0 and old_b != 0 and family == "preresnet" and rest.startswith(_PRE_FIRST_LAYER):
         return None
     return f"stage{s}.block{old_b}.{rest}"
 
@@ -318,23 +351,38 @@ class SparseStructureSelection(Method):
     params = (
         Param("penalty", DEFAULT_PENALTY, "sparsity weight gamma on the block scales (during training)"),
         Param("threshold", DEFAULT_THRESHOLD, "blocks with |scale| <= threshold are removed"),
+        Param("config", None, "instead of the threshold, keep the blocks of a named architecture: "
+                              + ", ".join(CONFIGS) + " (ResNet-50 only)"),
     )
     regularizes_training = True
     training_params = ("penalty",)  # what the trained model depends on (the discover pipeline's cache key)
 
-    def check(self, genome, **kwargs) -> None:
+    def check(self, genome, config=None, **kwargs) -> None:
         if genome.family not in self.families:
             raise UserError(f"method 'sss' (block pruning) does not apply to {genome.family} models "
                             f"({genome.model}); it supports: {', '.join(self.families)}")
+        if config is not None:
+            names = [f"stage{s}.block{b}" for s, n in enumerate(genome.blocks, start=1) for b in range(n)]
+            config_blocks(genome, dict.fromkeys(names, 1.0), config)
 
     def training_callbacks(self, model: nn.Module, **kwargs) -> list:
         return training_callbacks(model, **kwargs)
 
+    def protocol(self, dataset: str, model: str, **overrides):
+        """On ImageNet the reference's schedule: 100 epochs, lr steps every 30 (``Protocol.sss_imagenet``)."""
+        from prune_nas.training.protocol import Protocol
+
+        if dataset == "imagenet":
+            return Protocol.sss_imagenet(**overrides)
+        return super().protocol(dataset, model, **overrides)
+
     def prune(self, genome, model, *, threshold: float = DEFAULT_THRESHOLD,
-              scales: dict[str, float] | None = None, penalty: float | None = None, **_) -> PruneResult:
-        """Remove the blocks whose scale is at most ``threshold``. Scales come from ``model`` (trained with
-        ``training_callbacks``) unless given as ``scales`` ({"stage1.block0": value, ...})."""
-        self.check(genome)
+              scales: dict[str, float] | None = None, penalty: float | None = None, config: str | None = None,
+              **_) -> PruneResult:
+        """Remove the blocks whose scale is at most ``threshold``, or, with ``config``, those a named
+        architecture removes (the weakest). Scales come from ``model`` (trained with ``training_callbacks``)
+        unless given as ``scales`` ({"stage1.block0": value, ...})."""
+        self.check(genome, config)
         if threshold < 0:
             raise UserError(f"sss threshold must be >= 0, got {threshold}")
         if scales is None:
@@ -342,7 +390,13 @@ class SparseStructureSelection(Method):
             if not scales:
                 raise UserError("sss: the model carries no block scales; train it with the method's "
                                 "callbacks (sss.training_callbacks) first")
-        keep, notes = kept_blocks(genome, scales, threshold)
+        if config is not None:
+            expected = {f"stage{s}.block{b}" for s, n in enumerate(genome.blocks, start=1) for b in range(n)}
+            if set(scales) != expected:
+                raise UserError(f"sss: scales do not match {genome.model} at blocks {list(genome.blocks)}")
+            keep, notes = config_blocks(genome, scales, config)
+        else:
+            keep, notes = kept_blocks(genome, scales, threshold)
         small, more = pruned_genome(genome, keep)
         notes += more
         state = None
@@ -351,7 +405,8 @@ class SparseStructureSelection(Method):
             notes += more
         removed = [f"stage{s}.block{b}" for s, n in enumerate(genome.blocks, start=1) for b in range(n)
                    if b not in keep[s - 1]]
-        params = {"threshold": threshold, **({"penalty": penalty} if penalty is not None else {})}
+        params = {**({"config": config} if config is not None else {"threshold": threshold}),
+                  **({"penalty": penalty} if penalty is not None else {})}
         provenance = {**small.provenance, "method": self.name, "params": params, "removed_blocks": removed}
         small = small.replace(name=f"{genome.name or genome.model}-{self.name}", provenance=provenance)
         return PruneResult(small, state, notes=notes)

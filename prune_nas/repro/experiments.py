@@ -173,14 +173,17 @@ class Row:
         return g
 
     def protocol(self):
-        """The large model's and Scratch-E's protocol: the paper's for the dataset, at the row's epochs (what
+        """The large model's and Scratch-E's protocol: the method's for the dataset (``Method.protocol``: the
+        paper's, or the method's reference code's), at the row's epochs (what
         ``discover`` trains the large model with)."""
-        from prune_nas.training.protocol import Protocol
+        from prune_nas.methods import get_method
 
-        overrides: dict[str, Any] = {} if self.lr is None else {"lr": self.lr}
+        overrides: dict[str, Any] = {"epochs": self.epochs}
+        if self.lr is not None:
+            overrides["lr"] = self.lr
         if self.lr_milestones:  # as fractions of the epochs, so Scratch-B stretches them with its epochs
-            overrides["lr_steps"] = tuple(m / self.epochs for m in self.lr_milestones)
-        return Protocol.for_dataset(self.dataset, epochs=self.epochs, **overrides)
+            overrides.update(lr_steps=tuple(m / self.epochs for m in self.lr_milestones), lr_step_every=None)
+        return get_method(self.method).protocol(self.dataset, self.model, **overrides)
 
     def finetune_protocol(self):
         from prune_nas.training.protocol import Protocol

@@ -2,6 +2,8 @@
 
 >>> Protocol.cifar().lr_milestones()
 [80, 120]
+>>> Protocol.sss_imagenet().with_epochs(145).lr_milestones()
+[43, 86, 129]
 >>> scratch_b_epochs(reference_flops=3, candidate_flops=2, base_epochs=160)
 240
 """
@@ -26,6 +28,10 @@ class Protocol:
 
     ``lr_steps`` are fractions of ``epochs``: the lr is multiplied by ``lr_gamma`` at the start of epoch
     ``int(f * epochs)`` for each f, so a Scratch-B run that trains longer moves its steps with it.
+    ``lr_step_every`` instead drops it every ``int(f * epochs)`` epochs (the reference's ``epoch // step``
+    schedules): Sparse Structure Selection's 100 epochs with steps at 30 / 60 / 90 are ``0.3``, and a
+    Scratch-B run of 145 epochs then steps every 43 (43 / 86 / 129), as the reference code's README lists.
+    Recorded (``to_dict``) only when set, so every other protocol keeps its run keys.
     """
 
     epochs: int = 160
@@ -39,9 +45,18 @@ class Protocol:
     crop_padding: int = 4
     flip: bool = True
     eval_batch_size: int = 256
+    lr_step_every: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_steps", tuple(float(f) for f in self.lr_steps))
+        if self.lr_step_every is not None:
+            from prune_nas.core.errors import UserError
+
+            if not 0 < self.lr_step_every <= 1:
+                raise UserError(f"lr_step_every is a fraction of the epochs in (0, 1], got "
+                                f"{self.lr_step_every}")
+            if self.lr_steps:
+                raise UserError("give lr_steps (fractions) or lr_step_every (a period), not both")
 
     @classmethod
     def cifar(cls, **overrides: Any) -> "Protocol":
@@ -53,10 +68,17 @@ class Protocol:
         return replace(cls(epochs=90, batch_size=256, lr_steps=(1 / 3, 2 / 3), crop_padding=0), **overrides)
 
     @classmethod
+    def sss_imagenet(cls, **overrides: Any) -> Protocol:
+        """Sparse Structure Selection on ImageNet (its reference code's defaults): 100 epochs, lr 0.1 divided
+        by 10 every 30 epochs (at 30, 60 and 90), batch 256 as the other ImageNet runs here."""
+        return cls.imagenet(**{"epochs": 100, "lr_steps": (), "lr_step_every": 0.3, **overrides})
+
+    @classmethod
     def finetune(cls, base: "Protocol | None" = None, **overrides: Any) -> "Protocol":
         """Fine-tuning a pruned model: 40 epochs at constant lr 0.001 (CIFAR). ImageNet: pass ``epochs``
         (20 for L1-norm, 10 for weight-level, 5 for slimming) with ``base=Protocol.imagenet()``."""
-        return replace(base or cls(), **{"epochs": 40, "lr": 0.001, "lr_steps": (), **overrides})
+        return replace(base or cls(), **{"epochs": 40, "lr": 0.001, "lr_steps": (), "lr_step_every": None,
+                                         **overrides})
 
     @classmethod
     def for_dataset(cls, name: str, **overrides: Any) -> "Protocol":
@@ -71,6 +93,9 @@ class Protocol:
     def lr_milestones(self) -> list[int]:
         """0-based epochs at whose start the lr drops. The epsilon keeps 2/3 * 90 at 60 despite binary
         fractions (int() floors otherwise); no step comes before epoch 1, so a short run starts at ``lr``."""
+        if self.lr_step_every is not None:
+            period = max(1, int(self.lr_step_every * self.epochs + 1e-9))
+            return list(range(period, self.epochs, period))
         return [max(1, int(f * self.epochs + 1e-9)) for f in self.lr_steps]
 
     def lr_at(self, epoch: int) -> float:
@@ -80,6 +105,8 @@ class Protocol:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lr_steps"] = list(self.lr_steps)
+        if self.lr_step_every is None:
+            del d["lr_step_every"]
         return d
 
     @classmethod

@@ -62,7 +62,10 @@ class RunSpec:
 
     def init_dict(self) -> dict:
         if self.init == "scratch":
-            return {"kind": "scratch"}
+            # The model's BN scale init (ModelSpec.bn_init) is recorded where it is not 1, so those runs (and
+            # only those) are told apart from runs that started at 1.
+            bn = self.genome.spec.bn_init
+            return {"kind": "scratch", **({"bn_init": bn} if bn != 1.0 else {})}
         if self.init == "winning_ticket":
             ticket = ticket_record(self.genome)
             return {"kind": "winning_ticket", **{k: ticket[k] for k in ("seed", "large_genome", "kept")}}

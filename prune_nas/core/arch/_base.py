@@ -79,6 +79,10 @@ class ModelSpec:
     default_blocks: tuple[int, ...] | None = None
     config: Mapping = field(default_factory=dict)
     summary: str = ""
+    # Initial BatchNorm scale (gamma) of a fresh model. The reference code fills it with 0.5 in the models its
+    # Network Slimming code trains (CIFAR VGG, PreResNet-164, DenseNet-40, ImageNet VGG-11) and in the L1-norm
+    # VGG-16, and leaves it at 1 elsewhere. Run specs record it when it is not 1 (``RunSpec.init_dict``).
+    bn_init: float = 1.0
 
 
 class Family:
@@ -108,3 +112,8 @@ class Family:
 
     def min_input_size(self, spec: ModelSpec) -> int:
         return 1
+
+    def shortcut_entry_problem(self, spec: ModelSpec, blocks: tuple[int, ...], stage: int) -> str | None:
+        """Why ``stage`` cannot open with its first block's shortcut alone (``Genome.shortcut_entries``), or
+        None. Families that support it take ``shortcut_entries`` in :meth:`ops` and :meth:`build`."""
+        return f"{self.name} models do not support shortcut entries"

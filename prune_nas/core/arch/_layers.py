@@ -34,15 +34,18 @@ def evenly_spaced(kept: int, channels: int) -> torch.Tensor:
     return torch.linspace(0, channels - 1, kept).round().long()
 
 
-def init_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convs, BN at (1, 0), linear N(0, 0.01): the init of the paper's reference code."""
+def init_weights(model: nn.Module, bn_scale: float = 1.0) -> None:
+    """He-normal (fan-out) convs, BN at (``bn_scale``, 0), linear N(0, 0.01), as the paper's reference code.
+
+    The reference's BN scale depends on the model (``ModelSpec.bn_init``): 0.5 in its Network Slimming models
+    and its L1-norm VGG-16, 1 in the others."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(m.weight)
+            nn.init.constant_(m.weight, bn_scale)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)

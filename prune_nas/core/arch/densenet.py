@@ -114,7 +114,7 @@ class DenseNet(Family):
         model.head.select = ChannelSelect(limits["head.select"], widths["head.select"])
         model.head.bn = nn.BatchNorm2d(widths["head.select"])
         model.fc = nn.Linear(widths["head.select"], num_classes)
-        init_weights(model)
+        init_weights(model, spec.bn_init)
         return model
 
 
@@ -165,7 +165,8 @@ def specs() -> list[ModelSpec]:
     return [
         ModelSpec("densenet40", "densenet", 10, 32,
                   config={"depth": 40, "growth": 12, "bottleneck": False, "compression": 1.0},
-                  summary="CIFAR DenseNet-40, growth 12, no bottleneck or compression"),
+                  summary="CIFAR DenseNet-40, growth 12, no bottleneck or compression",
+                  bn_init=0.5),  # the reference's slimming model; DenseNet-BC-100 (weight-level) has 1
         ModelSpec("densenet-bc100", "densenet", 10, 32,
                   config={"depth": 100, "growth": 12, "bottleneck": True, "compression": 0.5},
                   summary="CIFAR DenseNet-BC-100, growth 12, bottleneck 4k, compression 0.5"),

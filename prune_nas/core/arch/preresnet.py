@@ -105,7 +105,7 @@ class PreResNet(Family):
             cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
         model = _PreResNetNet(stem, stages, cin, widths["head.select"], num_classes)
-        init_weights(model)
+        init_weights(model, spec.bn_init)
         return model
 
 
@@ -153,7 +153,9 @@ def specs() -> list[ModelSpec]:
     out = []
     for depth in (110, 164):
         n = (depth - 2) // 9
+        # PreResNet-164 is the reference's Network Slimming model (BN scale 0.5); PreResNet-110 its
+        # weight-level model (bearpaw's, BN scale 1).
         out.append(ModelSpec(f"preresnet{depth}", "preresnet", 10, 32, default_blocks=(n, n, n),
                              summary=f"CIFAR PreResNet-{depth}: pre-activation bottleneck blocks, streams "
-                                     "64/128/256"))
+                                     "64/128/256", bn_init=0.5 if depth == 164 else 1.0))
     return out

@@ -1,13 +1,17 @@
-"""Post-activation ResNets: CIFAR ResNet-20/32/56/110 (basic blocks, zero-padding shortcuts) and ImageNet
-ResNet-34 (basic) / ResNet-50 (bottleneck, stride on the 3x3 conv), projection shortcuts.
+"""Post-activation ResNets: CIFAR ResNet-20/32/56/110 (basic blocks, option-A shortcuts: 2x2 average pooling
+and zero-padding) and ImageNet ResNet-34 (basic) / ResNet-50 (bottleneck, stride on the 3x3 conv),
+projection shortcuts.
 
 Width groups: the residual stream of each stage (``stage{s}``, coupled with the stem when the first block's
 shortcut is an identity), and each block's inner convs (``stage{s}.block{b}.conv1`` [, ``.conv2``]).
 
-Kept blocks per stage may be fewer than the base (Sparse Structure Selection). Blocks are renumbered from 0;
-the first kept block of a stage does the stage's down-sampling. A stage left with no block keeps only its
-shortcut: zero-padding + subsampling (CIFAR) or its 1x1 projection conv + BN (ImageNet), so resolution and
-width still change as in the base model.
+Kept blocks per stage may be fewer than the base (Sparse Structure Selection). Blocks are renumbered from 0.
+A stage whose first block lost its residual branch keeps that block's shortcut (``stage{s}.shortcut``:
+average pooling + zero-padding on CIFAR, the 1x1 projection conv + BN on ImageNet), which does the stage's
+down-sampling and widening, followed by a ReLU (what a post-activation block with a zero branch computes); its
+remaining blocks are identity blocks at the stage's resolution, as in the reference code. That is always the
+case for a stage left with no block, and for a stage listed in the genome's ``shortcut_entries``; otherwise
+block 0 is the stage's original first block.
 """
 
 from __future__ import annotations
@@ -61,7 +65,20 @@ class ResNet(Family):
     def min_input_size(self, spec):
         return (4 if spec.config["stem"] == "imagenet" else 1) * 2 ** (len(spec.config["planes"]) - 1)
 
-    def ops(self, spec, blocks, widths, input_size, in_channels, num_classes):
+    def shortcut_entry_problem(self, spec, blocks, stage):
+        if self._identity_entry(spec, stage):
+            return (f"stage {stage} of {spec.name} opens with an identity shortcut: without its first "
+                    "block's branch it is just fewer blocks")
+        if blocks[stage - 1] == 0:
+            return f"stage {stage} has no block: it opens with its shortcut anyway (do not list it)"
+        if blocks[stage - 1] >= spec.default_blocks[stage - 1]:
+            return f"stage {stage} keeps all {blocks[stage - 1]} blocks, so none was removed"
+        return None
+
+    def _entry_is_shortcut(self, blocks, s: int, shortcut_entries) -> bool:
+        return blocks[s - 1] == 0 or s in shortcut_entries
+
+    def ops(self, spec, blocks, widths, input_size, in_channels, num_classes, shortcut_entries=()):
         cfg = spec.config
         ops: list[Op] = []
         if cfg["stem"] == "cifar":
@@ -76,15 +93,17 @@ class ResNet(Family):
         for s, n in enumerate(blocks, start=1):
             stride = 1 if s == 1 else 2
             cout, st_slot = widths[f"stage{s}"], f"stage{s}"
-            if n == 0:
+            entry = self._entry_is_shortcut(blocks, s, shortcut_entries)
+            if entry:
                 hw = _out(hw, 1, stride)
                 if cfg["shortcut"] == "projection" and not self._identity_entry(spec, s):
                     ops += [Op(f"stage{s}.shortcut.0", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
                                out_slot=st_slot),
                             Op(f"stage{s}.shortcut.1", "bn", cout, cout, out_slot=st_slot)]
+                cin, src = cout, (st_slot,)
             for b in range(n):
                 p = f"stage{s}.block{b}"
-                st = stride if b == 0 else 1
+                st = stride if b == 0 and not entry else 1
                 hw_in, hw = hw, _out(hw, 3, st)
                 c1, c2 = f"{p}.conv1", f"{p}.conv2"
                 if cfg["block"] == "basic":
@@ -101,7 +120,8 @@ class ResNet(Family):
                             Op(f"{p}.bn2", "bn", w2, w2, out_slot=c2),
                             Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,), out_slot=st_slot),
                             Op(f"{p}.bn3", "bn", cout, cout, out_slot=st_slot)]
-                if b == 0 and cfg["shortcut"] == "projection" and not self._identity_entry(spec, s):
+                projection = cfg["shortcut"] == "projection" and not self._identity_entry(spec, s)
+                if b == 0 and not entry and projection:
                     ops += [Op(f"{p}.shortcut.0", "conv", cin, cout, 1, hw, stage=s, in_slots=src,
                                out_slot=st_slot),
                             Op(f"{p}.shortcut.1", "bn", cout, cout, out_slot=st_slot)]
@@ -112,7 +132,7 @@ class ResNet(Family):
         return ops
 
     # ---- module ------------------------------------------------------------------------------------------
-    def build(self, spec, blocks, widths, input_size, in_channels, num_classes):
+    def build(self, spec, blocks, widths, input_size, in_channels, num_classes, shortcut_entries=()):
         cfg = spec.config
         stem = OrderedDict()
         if cfg["stem"] == "cifar":
@@ -130,21 +150,24 @@ class ResNet(Family):
             cout = widths[f"stage{s}"]
             identity = self._identity_entry(spec, s)
             layers = OrderedDict()
-            if n == 0:
+            entry = self._entry_is_shortcut(blocks, s, shortcut_entries)
+            if entry:
                 # What a block whose branch is zero computes: relu(shortcut(x)).
                 layers["shortcut"] = _shortcut(cfg["shortcut"], identity, cin, cout, stride)
                 layers["relu"] = nn.ReLU(inplace=True)
+                cin = cout
             for b in range(n):
                 p = f"stage{s}.block{b}"
                 inner = [widths[f"{p}.{c}"] for c in self._inner(spec)]
-                sc = _shortcut(cfg["shortcut"], identity, cin, cout, stride) if b == 0 else nn.Identity()
+                first = b == 0 and not entry
+                sc = _shortcut(cfg["shortcut"], identity, cin, cout, stride) if first else nn.Identity()
                 block_cls = _Basic if cfg["block"] == "basic" else _Bottleneck
-                layers[f"block{b}"] = block_cls(cin, inner, cout, stride if b == 0 else 1, sc)
+                layers[f"block{b}"] = block_cls(cin, inner, cout, stride if first else 1, sc)
                 cin = cout
             cin = cout  # a stage with no block still changes the width, through its shortcut
             stages[f"stage{s}"] = nn.Sequential(layers)
         model = _ResNetNet(nn.Sequential(stem), stages, nn.Linear(cin, num_classes))
-        init_weights(model)
+        init_weights(model, spec.bn_init)
         return model
 
 
@@ -157,7 +180,12 @@ def _shortcut(kind: str, identity: bool, cin: int, cout: int, stride: int) -> nn
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample, then zero-pad the channels (or drop the last ones if the stage narrowed)."""
+    """Option-A shortcut, as the reference code's CIFAR ResNet: 2x2 average pooling (when the stage halves the
+    resolution), then zero-padding of the channels (or dropping the last ones if the stage narrowed).
+
+    Unlike the reference (``Variable(torch.cat([x.data, zeros]))``, which detaches the shortcut), gradients
+    flow through it. ``ceil_mode`` keeps the pooled side equal to the strided conv's, ``ceil(hw / 2)``, at
+    odd sizes (the reference only runs at 32 px, where both are the same)."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -165,7 +193,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x):
         if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
         if self.cout > self.cin:
             return F.pad(x, (0, 0, 0, 0, 0, self.cout - self.cin))
         return x[:, : self.cout]
