@@ -234,19 +234,23 @@ def results_text(summary: dict, top: int = 10) -> str:
         lines.append("no finished candidates yet")
         return "\n".join(lines)
 
+    timed = any(x.get("latency_ms") is not None for x in cands)
+
     def rows(items):
+        ms = [[f"{x['latency_ms']:.3f}" if x.get("latency_ms") else "-"] if timed else [] for x in items]
         return [[i + 1, x["origin"], x["genome_name"] or x["genome_key"], human(x["params"]),
-                 human(x["flops"]), x["epochs"] if x["epochs"] is not None else "-", x["seeds"],
-                 f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}", ",".join(map(str, x["trials"]))]
+                 human(x["flops"])] + ms[i] + [x["epochs"] if x["epochs"] is not None else "-", x["seeds"],
+                   f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}", ",".join(map(str, x["trials"]))]
                 for i, x in enumerate(items)]
 
-    heads = ["#", "origin", "genome", "params", "FLOPs", "epochs", "seeds", "top-1 %", "trials"]
+    heads = ["#", "origin", "genome", "params", "FLOPs"] + (["ms (b1)"] if timed else []) + \
+        ["epochs", "seeds", "top-1 %", "trials"]
     if "pareto" in summary:
         lines += ["", f"Pareto front (accuracy up, {obj['multi'][1]} down) over candidates "
                       f"(Optuna's per-trial front: trials {summary.get('optuna_best_trials', [])}):",
-                  table(rows(summary["pareto"]), heads, align="rllrrrrrl")]
+                  table(rows(summary["pareto"]), heads, align="rll" + "r" * (len(heads) - 4) + "l")]
     lines += ["", f"top {min(top, len(cands))} of {len(cands)} candidates by mean accuracy:",
-              table(rows(cands[:top]), heads, align="rllrrrrrl")]
+              table(rows(cands[:top]), heads, align="rll" + "r" * (len(heads) - 4) + "l")]
     if summary.get("failed"):
         lines += ["", "failed trials:"]
         lines += [f"  trial {f['trial']}: {f['reason']}" for f in summary["failed"][:10]]
