@@ -18,8 +18,9 @@ def tiny():
 
 
 def fake(median: float, iqr: float, **over) -> Latency:
-    d = dict(genome_key="k", device="cpu", device_name="cpu x", torch="2", batch=1, dtype="float32", threads=1,
-             median_ms=median, p25_ms=median - iqr / 2, p75_ms=median + iqr / 2, repeats=10, calls_per_block=1)
+    d = {"genome_key": "k", "device": "cpu", "device_name": "cpu x", "torch": "2", "batch": 1,
+         "dtype": "float32", "threads": 1, "median_ms": median, "p25_ms": median - iqr / 2,
+         "p75_ms": median + iqr / 2, "repeats": 10, "calls_per_block": 1}
     d.update(over)
     return Latency(**d)
 

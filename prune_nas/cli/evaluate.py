@@ -60,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for table.md / .csv / .json (default "
                                  "artifacts/runs/evaluate/<name>)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--latency", action="store_true",
+                   help="add each row's measured batch-1 latency on the evaluating device (a column)")
     p.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("search", help="an Optuna study over a search space, seeded with pruned genomes",
@@ -143,7 +145,7 @@ def cmd_evaluate(args) -> int:
                     input_size=args.input_size, params=method_args(args), device=device, store=args.store,
                     genome_dir=args.genome_dir, data_dir=args.data_dir, download=args.download,
                     progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
-                    command=command_line(), out_dir=args.out)
+                    command=command_line(), out_dir=args.out, latency=args.latency)
     if args.json:
         print(json.dumps(comp.to_dict(), indent=1))
         return 0
