@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,timm]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,timm,onnx]' 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import prune_nas, torch, optuna" && touch $@
 
 demo: $(VENV)/.installed  ## the main job on the embedded digits data (CPU, about two minutes)

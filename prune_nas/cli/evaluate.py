@@ -60,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for table.md / .csv / .json (default "
                                  "artifacts/runs/evaluate/<name>)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--latency", action="store_true",
+                   help="add each row's measured batch-1 latency on the evaluating device (a column)")
     p.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("search", help="an Optuna study over a search space, seeded with pruned genomes",
@@ -143,7 +145,7 @@ def cmd_evaluate(args) -> int:
                     input_size=args.input_size, params=method_args(args), device=device, store=args.store,
                     genome_dir=args.genome_dir, data_dir=args.data_dir, download=args.download,
                     progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
-                    command=command_line(), out_dir=args.out)
+                    command=command_line(), out_dir=args.out, latency=args.latency)
     if args.json:
         print(json.dumps(comp.to_dict(), indent=1))
         return 0
@@ -234,19 +236,23 @@ def results_text(summary: dict, top: int = 10) -> str:
         lines.append("no finished candidates yet")
         return "\n".join(lines)
 
+    timed = any(x.get("latency_ms") is not None for x in cands)
+
     def rows(items):
+        ms = [[f"{x['latency_ms']:.3f}" if x.get("latency_ms") else "-"] if timed else [] for x in items]
         return [[i + 1, x["origin"], x["genome_name"] or x["genome_key"], human(x["params"]),
-                 human(x["flops"]), x["epochs"] if x["epochs"] is not None else "-", x["seeds"],
-                 f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}", ",".join(map(str, x["trials"]))]
+                 human(x["flops"])] + ms[i] + [x["epochs"] if x["epochs"] is not None else "-", x["seeds"],
+                   f"{100 * x['mean']:.2f} ± {100 * x['std']:.2f}", ",".join(map(str, x["trials"]))]
                 for i, x in enumerate(items)]
 
-    heads = ["#", "origin", "genome", "params", "FLOPs", "epochs", "seeds", "top-1 %", "trials"]
+    heads = ["#", "origin", "genome", "params", "FLOPs"] + (["ms (b1)"] if timed else []) + \
+        ["epochs", "seeds", "top-1 %", "trials"]
     if "pareto" in summary:
         lines += ["", f"Pareto front (accuracy up, {obj['multi'][1]} down) over candidates "
                       f"(Optuna's per-trial front: trials {summary.get('optuna_best_trials', [])}):",
-                  table(rows(summary["pareto"]), heads, align="rllrrrrrl")]
+                  table(rows(summary["pareto"]), heads, align="rll" + "r" * (len(heads) - 4) + "l")]
     lines += ["", f"top {min(top, len(cands))} of {len(cands)} candidates by mean accuracy:",
-              table(rows(cands[:top]), heads, align="rllrrrrrl")]
+              table(rows(cands[:top]), heads, align="rll" + "r" * (len(heads) - 4) + "l")]
     if summary.get("failed"):
         lines += ["", "failed trials:"]
         lines += [f"  trial {f['trial']}: {f['reason']}" for f in summary["failed"][:10]]

@@ -62,6 +62,9 @@ def register(sub) -> None:
     q.add_argument("--scale", choices=("smoke", "small", "paper"),
                    help="which scale to render (default: the largest that ran)")
     q.add_argument("--json", action="store_true", help="print a JSON summary of the results too")
+    q.add_argument("--latency", nargs="?", const="cpu", metavar="DEVICE",
+                   help="also measure the models' latency on DEVICE (default cpu) here: latency columns and "
+                        "accuracy vs FLOPs and vs latency (comparison reports)")
     q.set_defaults(func=cmd_report)
 
 
@@ -154,7 +157,7 @@ def cmd_report(args) -> int:
     for folder in folders:
         m = load_manifest(folder)
         target = out / m["spec"]["name"] if several else out
-        files = render(folder, target)
+        files = render(folder, target, latency=args.latency)
         print(f"{m['spec']['name']} [{m['scale']}] ({m['status']}): {', '.join(str(f) for f in files)}",
               file=sys.stderr if args.json else sys.stdout)
         summaries.append(summary(m))

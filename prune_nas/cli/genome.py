@@ -16,6 +16,8 @@ examples:
   prune-nas genome info my.json --json        # machine-readable
   prune-nas genome validate my.json           # exit 0, or exit 2 with one line naming the bad field
   prune-nas genome export vgg16-a --out vgg16-a.json
+  prune-nas genome info resnet56-b --latency --batch 1,64 --threads 1   # measured, vs its reference
+  prune-nas genome export vgg16-a --onnx vgg16-a.onnx [--weights vgg16-a.pt]
 """
 
 
@@ -35,15 +37,31 @@ def register(sub) -> None:
     q = gsub.add_parser("info", help="widths, params, FLOPs and reductions of a genome")
     q.add_argument("genome", help="a .json file, a library name (vgg16-a) or a model name (resnet56)")
     q.add_argument("--json", action="store_true", help="print JSON: params, flops, reduction, widths, ...")
+    lat = q.add_argument_group("measured latency (--latency)")
+    lat.add_argument("--latency", action="store_true",
+                     help="measure inference latency of the genome and its reference here (cached)")
+    lat.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    lat.add_argument("--batch", default="1,64",
+                     help="batch sizes, comma-separated (default 1,64; the largest gives the throughput)")
+    lat.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    lat.add_argument("--threads", type=int, help="torch CPU threads while timing (default: torch's)")
+    lat.add_argument("--repeats", type=int, default=20, help="timed blocks per figure (default 20)")
+    lat.add_argument("--no-cache", action="store_true", help="measure again even if a cached figure exists")
     q.set_defaults(func=cmd_info)
 
     q = gsub.add_parser("validate", help="check a genome file (exit 0 if valid, 2 with the bad field if not)")
     q.add_argument("files", nargs="+", help="genome .json files")
     q.set_defaults(func=cmd_validate)
 
-    q = gsub.add_parser("export", help="write a genome (and its mask file) as a standalone file")
+    q = gsub.add_parser("export", help="write a genome (and its mask file) as a standalone file, or its "
+                                       "model as ONNX")
     q.add_argument("genome", help="library name, discovered genome name, model name or file")
-    q.add_argument("--out", required=True, help="output .json path")
+    q.add_argument("--out", help="output .json path")
+    q.add_argument("--onnx", help="output .onnx path: the built model, batch size dynamic (needs the `onnx` "
+                                  "extra)")
+    q.add_argument("--weights", help="a .pt state dict for the ONNX model (default: fresh initialisation)")
+    q.add_argument("--dynamo", action="store_true",
+                   help="use torch's torch.export-based ONNX exporter instead of the TorchScript one")
     q.set_defaults(func=cmd_export)
 
     from prune_nas.cli._generic import add_from_model
@@ -82,6 +100,8 @@ def cmd_info(args) -> int:
 
     genome = resolve_genome(args.genome)
     info = describe(genome)
+    if args.latency:
+        info["latency"] = _latency(genome, args)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -95,6 +115,8 @@ def cmd_info(args) -> int:
     if info["provenance"].get("method"):
         print(f"  method {info['provenance']['method']}"
               + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
+    if args.latency:
+        _print_latency(info)
     if genome.sparsity is not None:
         from prune_nas.core.cost import kept_weights
         from prune_nas.core.geometry import ops_of
@@ -109,6 +131,38 @@ def cmd_info(args) -> int:
             for w in info["widths"]]
     print(table(rows, ["width group", "kind", "stage", "base", "width", "kept"], align="llrrrr"))
     return 0
+
+
+def _latency(genome, args) -> dict:
+    from prune_nas.core.errors import UserError
+    from prune_nas.core.latency import profile
+    from prune_nas.core.library import reference_of
+
+    try:
+        batches = tuple(int(b) for b in str(args.batch).split(","))
+    except ValueError:
+        raise UserError(f"--batch: give batch sizes like 1,64, got {args.batch!r}") from None
+    ref = reference_of(genome)
+    return profile(genome, None if ref.key == genome.key else ref, batches, device=args.device,
+                   dtype=args.dtype, threads=args.threads, repeats=args.repeats, cache=not args.no_cache)
+
+
+def _print_latency(info: dict) -> None:
+    lat = info["latency"]
+    ref = info["reference"]["name"] or info["reference"]["model"]
+    blocks = lat["batches"][0]["latency"]["repeats"]
+    print(f"  latency on {lat['device_name']} (median per call; IQR = spread of {blocks} timed blocks):")
+    for row in lat["batches"]:
+        m = row["latency"]
+        cached = ", cached" if m["cached"] else ""
+        print(f"    batch {row['batch']:>4}: {m['median_ms']:.3f} ms (IQR {m['iqr_ms']:.3f} ms = "
+              f"{m['spread']:.1%}), {m['throughput']:,.0f} img/s; {m['threads']} thread(s), "
+              f"{m['dtype']}{cached}")
+        if "vs_reference" in row:
+            print(f"                vs {ref} ({row['reference']['median_ms']:.3f} ms): "
+                  f"{row['vs_reference']['text']}")
+    if info["sparse"]:
+        print("    (sparse genome: timed as its dense model; zero weights save no time in dense kernels)")
 
 
 def cmd_validate(args) -> int:
@@ -153,11 +207,28 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from prune_nas.core.genome import save_genome
+    from prune_nas.core.errors import UserError
     from prune_nas.core.library import resolve_genome
 
+    if not args.out and not args.onnx:
+        raise UserError("genome export: give --out FILE.json, --onnx FILE.onnx, or both")
+    if args.weights and not args.onnx:
+        raise UserError("--weights goes with --onnx (the .json names inherited weights in its provenance)")
     genome = resolve_genome(args.genome)
-    out = Path(args.out)
+    if args.onnx:
+        from prune_nas.core.export import export_onnx
+
+        report = export_onnx(genome, args.onnx, weights=args.weights, dynamo=args.dynamo)
+        print(f"wrote {report['path']} ({report['exporter']} exporter, opset {report['opset']}; "
+              f"onnxruntime matches torch within {report['max_rel_error']:.1e} relative)")
+    if args.out:
+        _export_json(genome, Path(args.out))
+    return 0
+
+
+def _export_json(genome, out: Path) -> None:
+    from prune_nas.core.genome import save_genome
+
     mask = genome.mask_path()
     if mask is not None:
         dest = out.with_suffix(".masks.npz")
@@ -171,7 +242,6 @@ def cmd_export(args) -> int:
                                                   mask=MaskRef(dest.name, genome.sparsity.mask.sha256)))
     save_genome(genome, out)
     print(f"wrote {out}" + (f" and {out.with_suffix('.masks.npz')}" if mask is not None else ""))
-    return 0
 
 
 def _reduction(fraction_removed: float) -> str:

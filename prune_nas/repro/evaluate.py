@@ -83,6 +83,7 @@ class Row:
     failed: list[str] = field(default_factory=list)
     run_keys: list[str] = field(default_factory=list)
     note: str = ""
+    latency_ms: float | None = None  # with latency=True: batch-1 median on the evaluating device
 
     @property
     def mean(self) -> float | None:
@@ -110,7 +111,8 @@ class Row:
         return {"row": self.label, "genome": self.genome, "genome_key": self.genome_key,
                 "params": self.params, "flops": self.flops, "budget": self.budget, "epochs": self.epochs,
                 "values": self.values, "runs": self.runs, "finished": len(self.values), "failed": self.failed,
-                "mean": self.mean, "std": self.std, "run_keys": self.run_keys, "note": self.note}
+                "mean": self.mean, "std": self.std, "run_keys": self.run_keys, "note": self.note,
+                "latency_ms": self.latency_ms}
 
 
 @dataclass
@@ -181,7 +183,9 @@ class Comparison:
         return next(r for r in self.rows if r.label == label)
 
     def headers(self) -> list[str]:
-        return ["", "genome", "params", "FLOPs", "budget", "epochs", "runs", "top-1 % (mean ± std)"]
+        timed = any(r.latency_ms is not None for r in self.rows)
+        return ["", "genome", "params", "FLOPs", "budget", "epochs", "runs", "top-1 % (mean ± std)"] + \
+            (["ms (batch 1)"] if timed else [])
 
     def cells(self, bold: str | None = "md") -> list[list[str]]:
         """Table cells; ``bold`` marks the best: "md" (``**x**``), "ansi" (terminal bold) or None."""
@@ -193,7 +197,7 @@ class Comparison:
                 v = f"**{v}**" if bold == "md" else f"\033[1m{v}\033[0m" if bold == "ansi" else v
             runs = f"{len(r.values)}/{r.runs}" if r.runs else "-"
             out.append([r.label, r.genome, _human(r.params), _human(r.flops), r.budget, r.epochs_text(), runs,
-                        v])
+                        v] + ([f"{r.latency_ms:.3f}"] if r.latency_ms is not None else []))
         return out
 
     def footer(self) -> list[str]:
@@ -210,7 +214,7 @@ class Comparison:
         heads = self.headers()
         visible = [[_visible_len(c) for c in row] for row in cells]
         widths = [max([len(h)] + [v[i] for v in visible]) for i, h in enumerate(heads)]
-        right = {2, 3, 5, 6, 7}
+        right = {2, 3, 5, 6, 7, 8}
 
         def line(values, lens):
             parts = []
@@ -423,9 +427,11 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
              params: dict | None = None,
              device: str = "cpu", store=None, genome_dir=None, data_dir=None, download: bool = False,
              progress: bool = False, log: Callable[[str], None] = print, command: str | None = None,
-             out_dir: str | os.PathLike | None = None, write: bool = True) -> Comparison:
+             out_dir: str | os.PathLike | None = None, write: bool = True,
+             latency: bool = False) -> Comparison:
     """Discover (or reuse) the pruned genome, train every row over ``seeds`` seeds (reusing stored runs), and
-    return the comparison; with ``write`` also save it under ``out_dir`` (default: see the module doc)."""
+    return the comparison; with ``write`` also save it under ``out_dir`` (default: see the module doc). With
+    ``latency``, each row's model (seed 0's, for random rows) is also timed at batch 1 on ``device``."""
     import scipy
     import torch
 
@@ -485,6 +491,10 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
         row = Row(label, g0.name or g0.key, g0.key, c0.params, c0.flops, kind)
         if label == "random (params)":
             row.genome, row.note = f"{base.name}-random (1 per seed)", "one random architecture per seed"
+        if latency:
+            from prune_nas.core.latency import measure
+
+            row.latency_ms = measure(g0, device=device, batch=1, repeats=10).median_ms
         if init == "finetune" and not has_weights:
             row.note = f"{method} gives no inherited weights"
             rows.append(row)
@@ -531,6 +541,12 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
             "python": platform.python_version(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if latency:
+        from prune_nas.core.latency import device_name
+
+        meta["latency_device"] = device_name(device)
+        notes.append(f"ms (batch 1): median forward time on {meta['latency_device']} (float32, eval mode, "
+                     f"{torch.get_num_threads()} threads; random rows: seed 0's architecture).")
     comp = Comparison(title, rows, tests, meta, notes)
     if write:
         parts = Path(str(genome_path)).stem.split("-")  # discover's run name, less its seed (always 0 here)

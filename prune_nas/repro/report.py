@@ -80,8 +80,11 @@ def find_runs(path: str | os.PathLike, scale: str | None = None) -> list[Path]:
     return found
 
 
-def render(run_folder: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
-    """Render one run folder into ``out``; returns the files written (report.md first)."""
+def render(run_folder: str | os.PathLike, out: str | os.PathLike, latency: str | None = None) -> list[Path]:
+    """Render one run folder into ``out``; returns the files written (report.md first). With ``latency`` (a
+    device: "cpu", "cuda"), comparison reports also measure the unpruned and pruned models there and add
+    latency columns and accuracy against FLOPs and against latency (``latency.csv``,
+    ``accuracy-cost.png``)."""
     from prune_nas.repro.experiments import load_manifest
 
     run_folder = Path(run_folder)
@@ -91,6 +94,9 @@ def render(run_folder: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     kind = m["spec"]["kind"]
     body, files = {"comparison": _comparison, "widths": _patterns, "kernels": _patterns,
                    "efficiency": _curves, "guided": _curves}[kind](m, run_folder, out)
+    if latency and kind == "comparison":
+        more, extra = _latency(m, run_folder, out, latency)
+        body, files = body + [""] + more, files + extra
     md = "\n".join(_header(m) + [""] + body) + "\n"
     report = out / "report.md"
     _write(report, md)
@@ -557,6 +563,98 @@ def _plot_curves(m: dict, pts: list[dict], path: Path) -> Path:
                      f"{row['epochs']} epochs, mean ± std over {seeds} seeds", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{m['spec']['paper']}: {m['spec']['title']}", fontsize=10, y=1.04)
+    return _save(fig, path)
+
+
+# ---- latency (optional) ---------------------------------------------------------------------------------
+def latency_rows(m: dict, run: Path, device: str = "cpu") -> list[dict]:
+    """Per comparison row: the unpruned and the pruned models' measured batch-1 latency on ``device`` (pruned:
+    the mean over the seeds' genomes), with FLOPs and the accuracies the table shows."""
+    from prune_nas.core.arch import get_spec
+    from prune_nas.core.cost import count
+    from prune_nas.core.genome import base_genome, load_genome
+    from prune_nas.core.latency import measure
+    from prune_nas.training.data import NUM_CLASSES
+
+    out = []
+    for t in comparison_cells(m):
+        row = t["row"]
+        base = base_genome(row["model"], num_classes=NUM_CLASSES[row["dataset"]],
+                           input_size=row.get("input_size") or get_spec(row["model"]).input_size,
+                           width_mult=row.get("width", 1.0))
+        files = sorted({p["genome_file"] for p in t["prunes"] if p.get("genome_file")})
+        pruned = [load_genome(run / f) for f in files]
+        if not pruned:
+            continue
+        b = measure(base, device=device, batch=1, repeats=10)
+        lats = [measure(g, device=device, batch=1, repeats=10) for g in pruned]
+        col = next((c for c in ("scratch-b", "scratch-e", "finetune") if t["cells"][c]["mean"] is not None),
+                   None)
+        out.append({"label": _model_name(row), "pruned": row["label"], "device_name": b.device_name,
+                    "base_flops": count(base).flops,
+                    "flops": statistics.fmean(count(g).flops for g in pruned),
+                    "base_ms": b.median_ms, "base_iqr_ms": b.iqr_ms,
+                    "ms": statistics.fmean(x.median_ms for x in lats),
+                    "iqr_ms": max(x.iqr_ms for x in lats), "base_acc": t["cells"]["unpruned"]["mean"],
+                    "acc": t["cells"][col]["mean"] if col else None, "acc_column": HEAD.get(col, "")})
+    return out
+
+
+def _latency(m: dict, run: Path, out: Path, device: str) -> tuple[list[str], list[Path]]:
+    rows = latency_rows(m, run, device)
+    if not rows:
+        return [], []
+    where = rows[0]["device_name"]
+    csv_path = out / "latency.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "pruned", "device", "base_flops", "flops", "base_ms", "base_iqr_ms", "ms", "iqr_ms",
+                "base_top1", "top1", "top1_column"])
+    for r in rows:
+        w.writerow([r["label"], r["pruned"], r["device_name"], r["base_flops"], f"{r['flops']:.0f}",
+                    f"{r['base_ms']:.4f}", f"{r['base_iqr_ms']:.4f}", f"{r['ms']:.4f}", f"{r['iqr_ms']:.4f}",
+                    _f(r["base_acc"]), _f(r["acc"]), r["acc_column"]])
+    _write(csv_path, buf.getvalue())
+    body = [f"## Latency on {where}", "",
+            "| Model | Pruned model | FLOPs kept | Latency unpruned (ms) | Latency pruned (ms) "
+            "| Latency kept |",
+            "|---|---|--:|--:|--:|--:|"]
+    for r in rows:
+        noisy = abs(r["ms"] - r["base_ms"]) <= max(r["iqr_ms"], r["base_iqr_ms"])
+        kept = f"{r['ms'] / r['base_ms']:.1%}" + (" (within noise)" if noisy else "")
+        body.append(f"| {r['label']} | {r['pruned']} | {r['flops'] / r['base_flops']:.1%} | "
+                    f"{r['base_ms']:.3f} ± {r['base_iqr_ms']:.3f} | {r['ms']:.3f} ± {r['iqr_ms']:.3f} | "
+                    f"{kept} |")
+    png = _plot_accuracy_cost(rows, out / "accuracy-cost.png")
+    body += ["", f"Median forward time at batch 1 (float32, eval mode) on {where}, ± the interquartile range "
+                 "of 10 timed blocks; measured when this report was made, not when the runs trained. "
+                 "'Within noise': the difference is smaller than the larger IQR.", "",
+             f"![accuracy vs FLOPs and latency]({png.name})"]
+    return body, [csv_path, png]
+
+
+def _plot_accuracy_cost(rows: list[dict], path: Path) -> Path:
+    from prune_nas.design.mining import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, r in enumerate(rows):
+        if r["acc"] is None or r["base_acc"] is None:
+            continue
+        color = f"C{i % 10}"
+        points = ((left, r["base_flops"] / 1e6, r["flops"] / 1e6), (right, r["base_ms"], r["ms"]))
+        for ax, base_x, x in points:
+            ax.plot([base_x, x], [100 * r["base_acc"], 100 * r["acc"]], color=color, lw=1, alpha=0.6)
+            ax.scatter([base_x], [100 * r["base_acc"]], color=color, marker="s")
+            ax.scatter([x], [100 * r["acc"]], color=color, marker="o",
+                       label=f"{r['label']} -> {r['pruned']} ({r['acc_column']})" if ax is left else None)
+    left.set_xlabel("FLOPs (millions of multiply-accumulates)")
+    right.set_xlabel(f"latency at batch 1 (ms) on {rows[0]['device_name']}")
+    for ax in (left, right):
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="best")
+    fig.suptitle("unpruned (square) -> pruned (circle)", fontsize=9)
     return _save(fig, path)
 
 

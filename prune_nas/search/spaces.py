@@ -24,7 +24,10 @@ is optional)::
       maximize: accuracy        #   final test top-1 of the run
       max_flops: 0.5            #   <= 1: fraction of the base's FLOPs (MACs); > 1: absolute MACs
       max_params: 0.5           #   same for parameters
-    # objective: {multi: [accuracy, flops]}   # ... or a Pareto front (flops or params as the 2nd objective)
+      max_latency_ms: 5.0       #   measured latency at batch 1 on the worker's device (cached per machine)
+    # objective: {multi: [accuracy, flops]}   # ... or a Pareto front (flops, params or latency 2nd)
+    # objectives: [accuracy, latency]         # the same, spelled as a list, with
+    # constraints: {max_latency_ms: 5.0, max_flops: 0.5}   #   limits (latency: ms, measured, batch 1)
     early_stopping:             # single objective only (Optuna's MedianPruner); `false` turns it off
       warmup_epochs: 10         #   never stop a run before this many epochs
       startup_trials: 5         #   nor before this many trials have finished
@@ -69,10 +72,10 @@ VERSION = 1
 SPACES_DIR = bundled_dir("search_spaces")
 TOP_KEYS = {"format", "version", "name", "model", "width", "dataset", "input_size", "protocol", "budget",
             "seeds", "objective", "early_stopping", "sampler", "parameters", "seed_genomes", "uniform",
-            "description"}
+            "description", "objectives", "constraints"}
 PARAM_KINDS = ("stage_multiplier", "layer_width", "stage_sparsity")
 SAMPLERS = ("tpe", "random", "nsga2")
-COSTS = ("flops", "params")
+COSTS = ("flops", "params", "latency")
 
 
 class SpaceError(UserError):
@@ -108,6 +111,11 @@ class Objective:
     metrics: tuple[str, ...] = ("accuracy",)
     max_flops: float | None = None
     max_params: float | None = None
+    max_latency_ms: float | None = None  # measured on the worker's device at batch 1 (core.latency)
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency" in self.metrics or self.max_latency_ms is not None
 
     @property
     def multi(self) -> bool:
@@ -135,6 +143,8 @@ class Objective:
             d["max_flops"] = self.max_flops
         if self.max_params is not None:
             d["max_params"] = self.max_params
+        if self.max_latency_ms is not None:
+            d["max_latency_ms"] = self.max_latency_ms
         return d
 
 
@@ -390,7 +400,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     budget = {"kind": budget["kind"], "epochs": budget.get("epochs"), "cap": budget.get("cap")}
 
     seeds = _int(d.get("seeds", 1), "seeds", err, 1)
-    objective = _objective(d.get("objective") or {"maximize": "accuracy"}, err)
+    objective = _objective(_objective_dict(d, err), err)
     es = d.get("early_stopping", None)
     if es is False or objective.multi and es is None:
         early = None
@@ -464,20 +474,43 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     return space
 
 
+def _objective_dict(d: dict, err) -> Any:
+    """``objective:`` as written, or built from the other spelling: ``objectives: [accuracy, latency]`` and
+    ``constraints: {max_latency_ms: 5, max_flops: 0.5}``."""
+    if "objectives" not in d and "constraints" not in d:
+        return d.get("objective") or {"maximize": "accuracy"}
+    if "objective" in d:
+        raise err("objective", "give either `objective` or `objectives` / `constraints`, not both")
+    metrics = d.get("objectives") or ["accuracy"]
+    if not isinstance(metrics, list) or not metrics:
+        raise err("objectives", f"must be a list: [accuracy] or [accuracy, flops|params|latency], "
+                                f"got {metrics!r}")
+    constraints = d.get("constraints") or {}
+    if not isinstance(constraints, dict):
+        raise err("constraints", "must be a mapping of max_flops, max_params, max_latency_ms")
+    bad = sorted(set(constraints) - {"max_flops", "max_params", "max_latency_ms"})
+    if bad:
+        raise err(f"constraints.{bad[0]}", "unknown key (known: max_flops, max_params, max_latency_ms)")
+    head = {"multi": metrics} if len(metrics) > 1 else {"maximize": metrics[0]}
+    return {**head, **constraints}
+
+
 def _objective(o: Any, err) -> Objective:
     if not isinstance(o, dict):
         raise err("objective", "must be a mapping: {maximize: accuracy, max_flops: ...} or {multi: [...]}")
-    bad = sorted(set(o) - {"maximize", "multi", "max_flops", "max_params"})
+    bad = sorted(set(o) - {"maximize", "multi", "max_flops", "max_params", "max_latency_ms"})
     if bad:
-        raise err(f"objective.{bad[0]}", "unknown key (known: maximize, multi, max_flops, max_params)")
+        raise err(f"objective.{bad[0]}", "unknown key (known: maximize, multi, max_flops, max_params, "
+                                         "max_latency_ms)")
     if "multi" in o and "maximize" in o:
         raise err("objective", "give either `maximize` (with constraints) or `multi`, not both")
     limits = {k: _number(o[k], f"objective.{k}", err, lo=0.0, lo_open=True)
-              for k in ("max_flops", "max_params") if o.get(k) is not None}
+              for k in ("max_flops", "max_params", "max_latency_ms") if o.get(k) is not None}
     if "multi" in o:
         m = o["multi"]
         if (not isinstance(m, list) or len(m) != 2 or m[0] != "accuracy" or m[1] not in COSTS):
-            raise err("objective.multi", f"must be [accuracy, flops] or [accuracy, params], got {m!r}")
+            raise err("objective.multi", f"must be [accuracy, flops], [accuracy, params] or "
+                                         f"[accuracy, latency], got {m!r}")
         return Objective(tuple(m), **limits)
     if o.get("maximize", "accuracy") != "accuracy":
         raise err("objective.maximize", f"only accuracy (final test top-1) is supported, got "

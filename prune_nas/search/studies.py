@@ -6,7 +6,8 @@ One **trial** is one candidate genome x budget x seed, trained from scratch by t
 same parameters when seed 0 finishes. Each trial keeps, as user attributes, readable by Optuna's own tools
 (``optuna trials``, ``optuna-dashboard``): ``origin`` (sampled, ``seed:<genome>``, ``uniform:r<ratio>``),
 ``seed``, ``genome_key``, ``genome_name``, ``genome`` (the JSON), ``budget``, ``epochs``, ``params``,
-``flops``, ``run_key``, ``result`` (path of the run record), then ``accuracy``, ``best_accuracy``,
+``flops``, ``latency_ms`` / ``latency_iqr_ms`` / ``latency_device`` (latency studies), ``run_key``,
+``result`` (path of the run record), then ``accuracy``, ``best_accuracy``,
 ``reused``, ``wall_time_s``, and on failure ``fail_reason``.
 
 Seeding: the genomes a space names (pruning methods' outputs, mined and transferred designs, library names)
@@ -15,11 +16,18 @@ user attributes (what trains is exactly that genome) and its projection onto the
 parameters (what the sampler learns from), so pruning-found architectures compete with searched ones under
 the same budget, seeds and training.
 
-Objectives: accuracy (final test top-1) with FLOPs / params constraints (``trial.set_constraint``; TPE ranks
-infeasible candidates last; an infeasible candidate is costed, marked ``infeasible`` and never trained), or
-two objectives (accuracy up, FLOPs or params down) whose Pareto front :func:`summarize` reports. Single-
-objective studies stop weak trials early (Optuna calls this "pruning"; here it is **early stopping**, to keep
-"pruning" for networks): each epoch's test accuracy is reported and Optuna's median rule decides.
+Objectives: accuracy (final test top-1) with FLOPs / params / latency constraints, or two objectives (accuracy
+up, FLOPs, params or latency down) whose Pareto front :func:`summarize` reports. Constraints go through
+Optuna's own mechanism: ``Trial.set_constraint`` (Optuna 5 deprecated the samplers' ``constraints_func``
+for it; TPE and NSGA-II read the stored values), so ``FrozenTrial.constraints``, ``study.best_trial`` /
+``best_trials``, the samplers and Optuna's plots all see an infeasible trial as infeasible (a positive
+constraint value: the relative excess over the limit). An infeasible candidate is costed (and timed, for a
+latency limit), never trained, and completes with accuracy 0.0, which nothing that reads the constraints
+ranks. Latency is measured by :mod:`prune_nas.core.latency` on the worker's device at batch 1, float32 and
+torch's thread setting, cached per machine: a latency study should run its workers on one kind of
+machine. Single-objective studies stop weak trials early (Optuna calls this "pruning"; here it is
+**early stopping**, to keep "pruning" for networks): each epoch's test accuracy is reported and Optuna's
+median rule decides.
 
 Storage: by default one SQLite file per study, ``$PRUNE_NAS_HOME/studies/<name>.db`` (else
 ``artifacts/studies/``); any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``) for
@@ -295,7 +303,9 @@ def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple
             out.append((space.adapt(g, label), f"seed:{g.name or label}"))
     for r in space.uniform:
         g = uniform_genome(space.base, 1.0 - r)
-        out.append((g.replace(name=f"{space.base.name}-uniform-r{r:g}"), f"uniform:r{r:g}"))
+        provenance = {"method": "uniform", "ratio": r, "reference": space.base.name or space.model}
+        out.append((g.replace(name=f"{space.base.name}-uniform-r{r:g}", provenance=provenance),
+                    f"uniform:r{r:g}"))
     seen, unique = set(), []
     for g, origin in out:
         if g.key not in seen:
@@ -395,10 +405,26 @@ class Evaluator:
             _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
             raise
 
-    def _values(self, acc: float, cost) -> float | tuple[float, ...]:
+    def _values(self, acc: float, cost, latency_ms: float | None) -> float | tuple[float, ...]:
         if not self.space.objective.multi:
             return acc
-        return (acc, float(getattr(cost, self.space.objective.metrics[1])))
+        metric = self.space.objective.metrics[1]
+        return (acc, float(latency_ms if metric == "latency" else getattr(cost, metric)))
+
+    def _latency(self, trial: optuna.Trial, genome: "Genome"):
+        """Measured (or cached) batch-1 latency of the candidate on this worker's device, as user attributes;
+        says so when the latency limit lies within the measurement's noise."""
+        from prune_nas.core.latency import measure
+
+        lat = measure(genome, device=self.device, batch=1, repeats=10)
+        for k, v in {"latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms,
+                     "latency_device": lat.device_name}.items():
+            trial.set_user_attr(k, v)
+        limit = self.space.objective.max_latency_ms
+        if limit is not None and abs(lat.median_ms - limit) <= lat.iqr_ms:
+            trial.set_user_attr("latency_note", f"{lat.median_ms:.3f} ms is within the measurement noise "
+                                                f"({lat.iqr_ms:.3f} ms IQR) of the {limit:g} ms limit")
+        return lat
 
     def _run(self, trial: optuna.Trial):
         from prune_nas.core.cost import count
@@ -426,15 +452,25 @@ class Evaluator:
         head = (f"trial {trial.number} [{origin}, seed {seed}] {genome.name or genome.key}: "
                 f"{human(cost.params)} params, {human(cost.flops)} FLOPs")
         over = {what: (getattr(cost, what) - limit) / limit for what, limit in self.limits.items()}
-        for what, v in over.items():
-            trial.set_constraint(f"max_{what}", v)
         bad = [f"{what} {human(getattr(cost, what))} > {human(self.limits[what])}"
                for what, v in over.items() if v > 0]
+        latency_ms = None
+        if space.objective.needs_latency:
+            lat = self._latency(trial, genome)
+            latency_ms = lat.median_ms
+            head += f", {latency_ms:.3f} ms"
+            limit = space.objective.max_latency_ms
+            if limit is not None:
+                over["latency_ms"] = (latency_ms - limit) / limit
+                if latency_ms > limit:
+                    bad.append(f"latency {latency_ms:.3f} ms > {limit:g} ms")
+        for what, v in over.items():
+            trial.set_constraint(f"max_{what}", v)
         if bad:
             msg = "infeasible, not trained: " + ", ".join(bad)
             trial.set_user_attr("infeasible", msg)
             self.log(f"{head}: {msg}")
-            return self._values(0.0, cost)
+            return self._values(0.0, cost, latency_ms)
         reused = spec.key in self.store
         epochs = budget["epochs"]
         self.log(f"{head}: " + ("reusing the stored run" if reused else f"training {epochs} epochs"))
@@ -454,7 +490,7 @@ class Evaluator:
         self.log(f"trial {trial.number}: test top-1 {100 * acc:.2f}% ({epochs} epochs, {how})")
         if seed == 0 and space.seeds > 1 and origin == "sampled":
             _enqueue_replicates(trial, genome.key, space.seeds)
-        return self._values(acc, cost)
+        return self._values(acc, cost, latency_ms)
 
 
 def _enqueue_replicates(trial: optuna.Trial, key: str, seeds: int) -> None:
@@ -501,10 +537,15 @@ class Counts:
         return {**self.__dict__, "settled": self.settled}
 
 
+def infeasible(t: optuna.trial.FrozenTrial) -> bool:
+    """Optuna's own reading: some constraint value is positive."""
+    return any(v > 0 for v in t.constraints.values())
+
+
 def trial_kind(t: optuna.trial.FrozenTrial) -> str:
     """What a trial is in this module's words: a :class:`Counts` field name."""
     if t.state == TrialState.COMPLETE:
-        return "infeasible" if "infeasible" in t.user_attrs else "complete"
+        return "infeasible" if infeasible(t) else "complete"
     if t.state == TrialState.FAIL:
         return "failed" if "fail_reason" in t.user_attrs else "interrupted"
     return {TrialState.PRUNED: "early_stopped", TrialState.RUNNING: "running"}.get(t.state, "waiting")
@@ -602,8 +643,13 @@ class Candidate:
     params: int
     flops: int
     epochs: int | None
+    latency_ms: float | None = None  # latency studies: batch-1 median on the worker's device
     trials: list[int] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
+
+    def cost(self, metric: str) -> float:
+        """The second objective's value: flops, params or latency (ms)."""
+        return float(self.latency_ms if metric == "latency" else getattr(self, metric))
 
     @property
     def mean(self) -> float:
@@ -619,7 +665,8 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"genome_key": self.key, "genome_name": self.name, "origin": self.origin,
-                "params": self.params, "flops": self.flops, "epochs": self.epochs, "trials": self.trials,
+                "params": self.params, "flops": self.flops, "latency_ms": self.latency_ms,
+                "epochs": self.epochs, "trials": self.trials,
                 "accuracies": self.accuracies, "mean": self.mean, "std": self.std,
                 "seeds": len(self.accuracies)}
 
@@ -633,11 +680,12 @@ def summarize(study: optuna.Study) -> dict:
     cands: dict[str, Candidate] = {}
     for t in trials:
         a = t.user_attrs
-        if t.state != TrialState.COMPLETE or "infeasible" in a or "accuracy" not in a:
+        if t.state != TrialState.COMPLETE or infeasible(t) or "accuracy" not in a:
             continue
         if a["genome_key"] not in cands:
             cands[a["genome_key"]] = Candidate(a["genome_key"], a.get("genome_name"), a.get("origin", "?"),
-                                               a.get("params", 0), a.get("flops", 0), a.get("epochs"))
+                                               a.get("params", 0), a.get("flops", 0), a.get("epochs"),
+                                               a.get("latency_ms"))
         c = cands[a["genome_key"]]
         if c.origin == "sampled" and a.get("origin", "sampled") != "sampled":
             c.origin, c.name = a["origin"], a.get("genome_name")  # a seed genome sampled again keeps its name
@@ -651,9 +699,9 @@ def summarize(study: optuna.Study) -> dict:
     if space.objective.multi:
         cost = space.objective.metrics[1]
         front = [c for c in ranked if not any(
-            (o.mean >= c.mean and getattr(o, cost) <= getattr(c, cost))
-            and (o.mean > c.mean or getattr(o, cost) < getattr(c, cost)) for o in ranked)]
-        out["pareto"] = [c.to_dict() for c in sorted(front, key=lambda c: getattr(c, cost))]
+            (o.mean >= c.mean and o.cost(cost) <= c.cost(cost))
+            and (o.mean > c.mean or o.cost(cost) < c.cost(cost)) for o in ranked)]
+        out["pareto"] = [c.to_dict() for c in sorted(front, key=lambda c: c.cost(cost))]
         with contextlib.suppress(Exception):
             out["optuna_best_trials"] = sorted(t.number for t in study.best_trials)
     else:
