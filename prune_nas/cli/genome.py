@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 from prune_nas.cli._format import human, table
+from prune_nas.core.errors import UserError
 
 EPILOG = """\
 examples:
@@ -146,8 +148,10 @@ def cmd_export(args) -> int:
     from prune_nas.core.genome import save_genome
     from prune_nas.core.library import resolve_genome
 
-    genome = resolve_genome(args.genome)
     out = Path(args.out)
+    if out.is_dir() or args.out.endswith(("/", os.sep)):
+        raise UserError(f"--out {args.out} is a folder; give the file to write, e.g. {out / 'genome.json'}")
+    genome = resolve_genome(args.genome)
     mask = genome.mask_path()
     if mask is not None:
         dest = out.with_suffix(".masks.npz")

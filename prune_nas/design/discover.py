@@ -251,7 +251,7 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
     if params.get("sparsity"):
         parts.append("sparse")
     if params.get("config"):
-        parts.append(f"c{params['config']}")
+        parts.append(f"c{_name_value(params['config'])}")
     elif params.get("like"):
         parts.append(f"like-{Path(str(params['like'])).stem}")
     elif params.get("ratio") is not None:
@@ -280,7 +280,8 @@ def _plain(v):
 def _name_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(_name_value(x) for x in v)
-    return (f"{v:g}" if isinstance(v, float) else str(v)).replace("/", "_").replace(" ", "_")
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return "".join(c if c.isalnum() or c in "._,=+-" else "_" for c in text)  # part of a file name
 
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,

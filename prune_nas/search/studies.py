@@ -88,8 +88,15 @@ def default_storage_dir() -> Path:
     return output_dir("studies")
 
 
+def default_storage_path(name: str) -> Path:
+    """The study's own SQLite file; the study name is checked, so it cannot point anywhere else."""
+    from prune_nas.core.paths import slug
+
+    return default_storage_dir() / f"{slug(name, 'study name')}.db"
+
+
 def default_storage_url(name: str) -> str:
-    return f"sqlite:///{(default_storage_dir() / f'{name}.db').resolve()}"
+    return f"sqlite:///{default_storage_path(name).resolve()}"
 
 
 def redact(url: str) -> str:
@@ -105,7 +112,7 @@ def open_storage(url: str | None, name: str, *, create: bool = False, heartbeat:
     (default 3 x heartbeat) is failed and retried (up to :data:`MAX_RETRY` times)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url is None:
-        path = default_storage_dir() / f"{name}.db"
+        path = default_storage_path(name)
         if not create and not path.exists():
             raise UserError(f"no study {name!r} in {path} (start one with `prune-nas search`, or pass "
                             "--storage with the URL it was created with)")
