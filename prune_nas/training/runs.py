@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prune_nas.training.data import Dataset
-from prune_nas.training.loop import _device_name, train_model
+from prune_nas.training.loop import Checkpoint, _device_name, train_model
 from prune_nas.training.protocol import Budget, Protocol
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def init_model(spec: RunSpec) -> nn.Module:
 def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", progress: bool = True,
         dataset: Dataset | None = None, data_dir: Any = None, download: bool = False,
         retry_failed: bool = False, save_weights: bool = False, desc: str = "",
-        callbacks: Iterable[Any] = (), engine: Any = "eager") -> dict:
+        callbacks: Iterable[Any] = (), engine: Any = "eager", checkpoint_every_s: float = 120.0) -> dict:
     """Train ``spec`` and store its record, or return the stored record when the spec already ran.
 
     A failed run (non-finite loss) is stored too and reused like a finished one unless ``retry_failed``.
@@ -150,6 +150,10 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     On CPU the same spec, seed and thread count reproduce the record's curve and accuracy exactly (the record
     notes ``threads``: the reduction order inside conv kernels follows the thread count); CUDA runs are close
     but not bit-identical (cuDNN picks non-deterministic kernels).
+
+    A run killed mid-way (Ctrl-C, SIGKILL, a lost machine) resumes from its checkpoint (written every
+    ``checkpoint_every_s`` seconds, at an epoch's end) when the same spec runs again; on CPU the resumed
+    run's record equals an uninterrupted one's (but ``wall_time_s``).
     """
     from prune_nas.core.cost import count
     from prune_nas.core.errors import UserError
@@ -169,8 +173,11 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
                         f"{dataset.num_classes}")
     protocol = spec.effective_protocol()
     model = init_model(spec)
+    # A killed run resumes from its checkpoint when the same spec is asked for again.
+    checkpoint = Checkpoint(store.checkpoint_path(key), key, checkpoint_every_s)
     history = train_model(model, dataset, protocol, seed=spec.seed, device=device, progress=progress,
-                          desc=desc or (g.name or g.key), callbacks=callbacks, engine=engine)
+                          desc=desc or (g.name or g.key), callbacks=callbacks, engine=engine,
+                          checkpoint=checkpoint)
     cost = count(g)
     summary = history.summary()
     if dataset.num_classes <= 10:
@@ -188,6 +195,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
         record["weights"] = path.name
     store.put(record)
+    checkpoint.delete()
     return record
 
 
