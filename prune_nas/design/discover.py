@@ -163,10 +163,8 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     Returns ``(model on the CPU in eval mode, info dict)``."""
     import torch
 
+    from prune_nas.core.atomic import file_lock
     from prune_nas.core.builder import build
-    from prune_nas.core.genome import atomic_write_text
-    from prune_nas.core.version import __version__
-    from prune_nas.training.loop import train_model
     from prune_nas.training.store import default_root
 
     schedule = {"protocol": protocol, "steps_per_epoch": data.steps_per_epoch(protocol.batch_size)}
@@ -183,6 +181,23 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     if reg is not None:  # callbacks may add parameters (SSS block scales): attach before loading weights
         callbacks = method.training_callbacks(model, genome=genome, **schedule, **params)
     extra = {"training": used} if used is not None else {}
+    # Two identical commands started together: the second waits for the first's model instead of training
+    # its own.
+    with file_lock(folder / f"{key}.lock", lambda: log(f"another process is training this large model "
+                                                       f"({key}); waiting to reuse it")):
+        return _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used,
+                                  key, key_dict, pt, meta, seed=seed, device=device, progress=progress, log=log)
+
+
+def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used, key,
+                       key_dict, pt, meta, *, seed, device, progress, log):
+    import torch
+
+    from prune_nas.core.genome import atomic_write_text
+    from prune_nas.core.version import __version__
+    from prune_nas.training.loop import train_model
+
+    folder = pt.parent
     if pt.exists() and meta.exists():
         record = json.loads(meta.read_text())
         model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))

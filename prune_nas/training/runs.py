@@ -80,36 +80,74 @@ class RunSpec:
         return d
 
 
+def tensors_sha256(state: dict) -> str:
+    """SHA-256 of a state dict's content (names, dtypes, shapes, values), not of the file holding it: a
+    ``torch.save`` zip embeds the name it was first written under, so identical weights saved twice hash
+    differently as files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_CONTENT_SHA: dict[tuple, str] = {}  # (path, size, mtime) -> tensors_sha256: RunSpec.key asks often
+
+
+def load_weights(path: "Path") -> dict:
+    """A weights file a user or a genome names (a checked regular file, tensors only), or a UserError."""
+    from prune_nas.core.errors import UserError
+    from prune_nas.core.userfiles import checked_file
+
+    checked_file(path, "inherited weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, damaged, or holding more than tensors
+        raise UserError(f"cannot read inherited weights {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"inherited weights {path} are not a state dict of tensors")
+    return state
+
+
 def inherited_weights(genome: "Genome") -> tuple["Path", str]:
-    """Path and SHA-256 of the inherited weights a genome names in ``provenance["weights"]``."""
+    """Path and content hash (:func:`tensors_sha256`) of the inherited weights a genome names in
+    ``provenance["weights"]``. The recorded ``sha256`` may be the content hash or, in genomes written before
+    content hashing, the file's."""
     from pathlib import Path
 
     from prune_nas.core.errors import UserError
     from prune_nas.core.masks import file_sha256
+    from prune_nas.core.userfiles import checked_file
 
     ref = genome.provenance.get("weights")
     if not ref:
         raise UserError(f"genome {genome.name or genome.key} names no inherited weights "
                         "(provenance.weights); fine-tuning needs the pruning method's output")
-    file, sha = (ref["file"], ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
-    path = (genome.source_dir or Path.cwd()) / file
-    if not path.exists():
-        raise UserError(f"inherited weights not found: {path}")
-    actual = file_sha256(path)
-    if sha is not None and sha != actual:
+    file, sha = (ref.get("file"), ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
+    if not isinstance(file, str) or not file:
+        raise UserError(f"genome {genome.name or genome.key}: provenance.weights.file must be a file name")
+    path = checked_file((genome.source_dir or Path.cwd()) / file, "inherited weights")
+    st = path.stat()
+    cache = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if cache not in _CONTENT_SHA:
+        _CONTENT_SHA[cache] = tensors_sha256(load_weights(path))
+    content = _CONTENT_SHA[cache]
+    if sha is not None and sha != content and sha != file_sha256(path):
         raise UserError(f"inherited weights {path} do not match the sha256 recorded in the genome")
-    return path, actual
+    return path, content
 
 
 def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome":
     """Save inherited weights next to a genome file and return the genome naming them (file + sha256).
     ``path`` is the .pt file; the genome should be saved in the same folder."""
     from prune_nas.core.atomic import atomic_write
-    from prune_nas.core.masks import file_sha256
 
     cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: torch.save(cpu, tmp), ".pt")
-    weights = {"file": path.name, "sha256": file_sha256(path)}
+    weights = {"file": path.name, "sha256": tensors_sha256(cpu)}
     return genome.replace(provenance={**genome.provenance, "weights": weights}, source_dir=path.parent)
 
 
@@ -123,7 +161,7 @@ def init_model(spec: RunSpec) -> nn.Module:
         from prune_nas.core.errors import UserError
 
         path, _ = inherited_weights(spec.genome)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("weight_mask")]  # masks come from the genome
         if missing or unexpected:
