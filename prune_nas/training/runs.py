@@ -133,7 +133,13 @@ def inherited_weights(genome: "Genome") -> tuple["Path", str]:
     st = path.stat()
     cache = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if cache not in _CONTENT_SHA:
-        _CONTENT_SHA[cache] = tensors_sha256(load_weights(path))
+        try:
+            _CONTENT_SHA[cache] = tensors_sha256(load_weights(path))
+        except UserError as e:
+            if sha is not None:  # the file the genome recorded was replaced by something else
+                raise UserError(f"inherited weights {path} do not match the sha256 recorded in the genome "
+                                f"({e})") from None
+            raise
     content = _CONTENT_SHA[cache]
     if sha is not None and sha != content and sha != file_sha256(path):
         raise UserError(f"inherited weights {path} do not match the sha256 recorded in the genome")
