@@ -26,15 +26,26 @@ from prune_nas.core.genome import base_genome
 REPO = Path(__file__).resolve().parent.parent
 HANG_LIMIT_S = 120  # a process that reads /dev/zero or expands a YAML bomb never ends; these end in seconds
 GENOME = base_genome("vgg11", width_mult=0.125, input_size=16, num_classes=10).to_dict()
-SPACE = {"name": "fuzz", "model": "vgg11", "width": 0.125, "input_size": 16, "dataset": "synthetic",
-         "budget": {"kind": "epochs", "epochs": 1}, "early_stopping": False,
-         "objective": {"maximize": "accuracy"},
-         "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}}}
+SPACE = {
+    "name": "fuzz",
+    "model": "vgg11",
+    "width": 0.125,
+    "input_size": 16,
+    "dataset": "synthetic",
+    "budget": {"kind": "epochs", "epochs": 1},
+    "early_stopping": False,
+    "objective": {"maximize": "accuracy"},
+    "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}},
+}
 SPEC = yaml.safe_load((REPO / "experiments" / "table4_slimming.yaml").read_text())
 # Commands that read a genome and stop before training anything when it is bad.
-GENOME_COMMANDS = [["genome", "validate"], ["genome", "info"], ["budget"],
-                   ["genome", "export", "{file}", "--out", "{out}"],
-                   ["train", "--epochs", "1", "--no-progress", "--device", "cpu"]]
+GENOME_COMMANDS = [
+    ["genome", "validate"],
+    ["genome", "info"],
+    ["budget"],
+    ["genome", "export", "{file}", "--out", "{out}"],
+    ["train", "--epochs", "1", "--no-progress", "--device", "cpu"],
+]
 
 
 def run_cli(argv: list[str]) -> int:
@@ -81,16 +92,20 @@ def mutate(path: list, value):
 SPARSE = mutate(["sparsity"], {"density": {"features.conv1": 0.5}})
 
 
-# ---- concrete cases ------------------------------------------------------------------------------------------
+# ---- concrete cases ----------------------------------------------------------------------------------------
 BAD_GENOMES = {
-    "not-utf8": b"\xff\xfe{\"format\": \"prune-nas.genome\"}",
+    "not-utf8": b'\xff\xfe{"format": "prune-nas.genome"}',
     "deeply-nested": "[" * 100_000 + "]" * 100_000,
     "nested-200": json.dumps(mutate(["provenance", "x"], json.loads("[" * 200 + "]" * 200))),
     "nan-density": json.dumps(mutate(["sparsity"], {"density": {"features.conv1": float("nan")}})),
     "inf-density": json.dumps(SPARSE).replace("0.5", "Infinity"),
     "huge-float-density": json.dumps(SPARSE).replace("0.5", "1e400"),
-    "width-10^400": json.dumps(GENOME).replace(f'"conv1": {GENOME["widths"]["conv1"]}', '"conv1": 1' + "0" * 400),
-    "width-10^5000": json.dumps(GENOME).replace(f'"conv1": {GENOME["widths"]["conv1"]}', '"conv1": 1' + "0" * 5000),
+    "width-10^400": json.dumps(GENOME).replace(
+        f'"conv1": {GENOME["widths"]["conv1"]}', '"conv1": 1' + "0" * 400
+    ),
+    "width-10^5000": json.dumps(GENOME).replace(
+        f'"conv1": {GENOME["widths"]["conv1"]}', '"conv1": 1' + "0" * 5000
+    ),
     "width-2^40": json.dumps(mutate(["widths", "conv1"], 2**40)),
     "negative-seed": json.dumps(mutate(["sparsity"], {"density": {"features.conv1": 0.5}, "seed": -1})),
     "huge-seed": json.dumps(mutate(["sparsity"], {"density": {"features.conv1": 0.5}, "seed": 2**70})),
@@ -101,8 +116,12 @@ BAD_GENOMES = {
     "not-an-object": "[1, 2, 3]",
     "empty": "",
     "truncated": json.dumps(GENOME)[:50],
-    "kernel-keep-nan": json.dumps(mutate(["sparsity"], {"kernel_keep": {"1": [[0.5] * 3] * 3}})).replace("0.5", "NaN", 1),
-    "mask-escapes": json.dumps(mutate(["sparsity"], {"mask": {"file": "../../../../etc/passwd", "sha256": "0" * 64}})),
+    "kernel-keep-nan": json.dumps(mutate(["sparsity"], {"kernel_keep": {"1": [[0.5] * 3] * 3}})).replace(
+        "0.5", "NaN", 1
+    ),
+    "mask-escapes": json.dumps(
+        mutate(["sparsity"], {"mask": {"file": "../../../../etc/passwd", "sha256": "0" * 64}})
+    ),
     "mask-is-folder": json.dumps(mutate(["sparsity"], {"mask": {"file": ".", "sha256": "0" * 64}})),
 }
 
@@ -130,8 +149,9 @@ def test_nan_density_is_invalid_not_valid_then_crashing(tmp_path, capsys):
 
 def test_user_files_that_are_not_regular_files(tmp_path, capsys):
     for target in ("/dev/null", str(tmp_path)):
-        assert "regular file" in refused(capsys, ["genome", "validate", target]) or "folder" in \
-            refused(capsys, ["genome", "info", target])
+        assert "regular file" in refused(capsys, ["genome", "validate", target]) or "folder" in refused(
+            capsys, ["genome", "info", target]
+        )
     big = tmp_path / "big.json"
     with open(big, "wb") as f:
         f.truncate(17 << 20)  # sparse: past the 16 MiB limit for text files
@@ -139,28 +159,53 @@ def test_user_files_that_are_not_regular_files(tmp_path, capsys):
 
 
 BAD_FLAGS = [
-    ["train", "vgg11", "--threads", "-1"], ["train", "vgg11", "--threads", "0"],
-    ["train", "vgg11", "--device", "bogus"], ["train", "vgg11", "--device", "cuda:x"],
-    ["train", "vgg11", "--crop-padding", "-3"], ["train", "vgg11", "--lr", "nan"],
-    ["train", "vgg11", "--lr", "inf"], ["train", "vgg11", "--lr", "-0.1"], ["train", "vgg11", "--lr", "1e400"],
-    ["train", "vgg11", "--epochs", "0"], ["train", "vgg11", "--seeds", "0"], ["train", "vgg11", "--seed", "-1"],
-    ["train", "vgg11", "--batch-size", "0"], ["train", "vgg11", "--momentum", "nan"],
-    ["train", "vgg11", "--weight-decay", "-1"], ["train", "vgg11", "--lr-gamma", "0"],
-    ["train", "vgg11", "--epochs", "9" * 5000], ["train", "vgg11", "--cap", "nan"],
-    ["train", "vgg11", "--cap", "-2"], ["train", "vgg11", "--lr-steps", "nan"],
-    ["budget", "vgg11", "--epochs", "0"], ["budget", "vgg11", "--cap", "inf"],
-    ["discover", "--method", "slimming", "--input-size", "0"], ["discover", "--method", "slimming", "--threads", "0"],
-    ["discover", "--method", "slimming", "--ratio", "nan"], ["discover", "--method", "slimming", "--width", "0"],
-    ["discover", "--method", "slimming", "--width", "inf"], ["discover", "--method", "slimming", "--s", "nan"],
-    ["discover", "--method", "slimming", "--device", "gpu0"], ["discover", "--method", "slimming", "--epochs", "-5"],
-    ["evaluate", "--seeds", "0"], ["evaluate", "--input-size", "0"], ["evaluate", "--ratio", "nan"],
-    ["evaluate", "--finetune-epochs", "0"], ["evaluate", "--threads", "-1"],
-    ["search", "--space", "x", "--trials", "0"], ["search", "--space", "x", "--heartbeat", "0"],
-    ["search", "--space", "x", "--grace", "-1"], ["worker", "--study", "x", "--sampler-seed", "-1"],
-    ["results", "x", "--top", "0"], ["run", "table4_slimming", "--threads", "0"],
+    ["train", "vgg11", "--threads", "-1"],
+    ["train", "vgg11", "--threads", "0"],
+    ["train", "vgg11", "--device", "bogus"],
+    ["train", "vgg11", "--device", "cuda:x"],
+    ["train", "vgg11", "--crop-padding", "-3"],
+    ["train", "vgg11", "--lr", "nan"],
+    ["train", "vgg11", "--lr", "inf"],
+    ["train", "vgg11", "--lr", "-0.1"],
+    ["train", "vgg11", "--lr", "1e400"],
+    ["train", "vgg11", "--epochs", "0"],
+    ["train", "vgg11", "--seeds", "0"],
+    ["train", "vgg11", "--seed", "-1"],
+    ["train", "vgg11", "--batch-size", "0"],
+    ["train", "vgg11", "--momentum", "nan"],
+    ["train", "vgg11", "--weight-decay", "-1"],
+    ["train", "vgg11", "--lr-gamma", "0"],
+    ["train", "vgg11", "--epochs", "9" * 5000],
+    ["train", "vgg11", "--cap", "nan"],
+    ["train", "vgg11", "--cap", "-2"],
+    ["train", "vgg11", "--lr-steps", "nan"],
+    ["budget", "vgg11", "--epochs", "0"],
+    ["budget", "vgg11", "--cap", "inf"],
+    ["discover", "--method", "slimming", "--input-size", "0"],
+    ["discover", "--method", "slimming", "--threads", "0"],
+    ["discover", "--method", "slimming", "--ratio", "nan"],
+    ["discover", "--method", "slimming", "--width", "0"],
+    ["discover", "--method", "slimming", "--width", "inf"],
+    ["discover", "--method", "slimming", "--s", "nan"],
+    ["discover", "--method", "slimming", "--device", "gpu0"],
+    ["discover", "--method", "slimming", "--epochs", "-5"],
+    ["evaluate", "--seeds", "0"],
+    ["evaluate", "--input-size", "0"],
+    ["evaluate", "--ratio", "nan"],
+    ["evaluate", "--finetune-epochs", "0"],
+    ["evaluate", "--threads", "-1"],
+    ["search", "--space", "x", "--trials", "0"],
+    ["search", "--space", "x", "--heartbeat", "0"],
+    ["search", "--space", "x", "--grace", "-1"],
+    ["worker", "--study", "x", "--sampler-seed", "-1"],
+    ["results", "x", "--top", "0"],
+    ["run", "table4_slimming", "--threads", "0"],
     ["run", "table4_slimming", "--device", "tpu"],
-    ["guide", "p.json", "--sizes", "nan"], ["guide", "p.json", "--seed", "-1"], ["guide", "p.json", "--width", "0"],
-    ["transfer", "a-digits", "b-digits", "--runs", "0"], ["transfer", "a-digits", "b-digits", "--ratio", "inf"],
+    ["guide", "p.json", "--sizes", "nan"],
+    ["guide", "p.json", "--seed", "-1"],
+    ["guide", "p.json", "--width", "0"],
+    ["transfer", "a-digits", "b-digits", "--runs", "0"],
+    ["transfer", "a-digits", "b-digits", "--ratio", "inf"],
 ]
 
 
@@ -174,9 +219,10 @@ def test_export_into_a_folder_is_refused(tmp_path, capsys):
     assert "folder" in refused(capsys, ["genome", "export", "vgg11", "--out", str(tmp_path / "new") + "/"])
 
 
-# ---- bad spaces and specs --------------------------------------------------------------------------------------
+# ---- bad spaces and specs ----------------------------------------------------------------------------------
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 
 def space_with(**over) -> str:
@@ -232,9 +278,11 @@ def test_bad_experiment_specs(tmp_path, capsys, case):
     assert not [p for p in tmp_path.rglob("*") if p.is_dir() and "escape" in p.name]
 
 
-# ---- the cases that used to hang: a subprocess each, under a time limit ------------------------------------------
+# ---- the cases that used to hang: a subprocess each, under a time limit ------------------------------------
 def _hang_cases(tmp: Path) -> dict[str, list[str]]:
-    zero = write(tmp / "zero-mask.json", mutate(["sparsity"], {"mask": {"file": "/dev/zero", "sha256": "a" * 64}}))
+    zero = write(
+        tmp / "zero-mask.json", mutate(["sparsity"], {"mask": {"file": "/dev/zero", "sha256": "a" * 64}})
+    )
     bomb = tmp / "bomb.yaml"
     bomb.write_text(ALIAS_BOMB)
     spec_bomb = tmp / "spec-bomb.yaml"
@@ -257,8 +305,14 @@ def test_former_hangs_end_in_seconds(tmp_path):
     def attempt(item):
         name, argv = item
         try:
-            p = subprocess.run([sys.executable, "-m", "prune_nas", *argv], capture_output=True, text=True,
-                               env=env, cwd=tmp_path, timeout=HANG_LIMIT_S)
+            p = subprocess.run(
+                [sys.executable, "-m", "prune_nas", *argv],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp_path,
+                timeout=HANG_LIMIT_S,
+            )
         except subprocess.TimeoutExpired:
             return name, "hung", ""
         ok = p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -269,11 +323,13 @@ def test_former_hangs_end_in_seconds(tmp_path):
     assert all(how == "ok" for _, how, _ in results), [r for r in results if r[1] != "ok"]
 
 
-# ---- path traversal: every user-named output stays under its root ----------------------------------------------
+# ---- path traversal: every user-named output stays under its root ------------------------------------------
 def test_mine_refuses_provenance_that_escapes(tmp_path, capsys):
     files = []
     for seed in (0, 1):
-        g = mutate(["provenance"], {"method": "slimming", "dataset": "../../../escape", "seed": seed, "ratio": 0.5})
+        g = mutate(
+            ["provenance"], {"method": "slimming", "dataset": "../../../escape", "seed": seed, "ratio": 0.5}
+        )
         files.append(str(write(tmp_path / f"g{seed}.json", g)))
     assert "dataset" in refused(capsys, ["mine", *files, "--no-plots"])
     assert not list(tmp_path.parent.rglob("escape*"))
@@ -297,30 +353,75 @@ def test_guide_refuses_a_pattern_method_that_escapes(tmp_path, capsys):
 @pytest.mark.parametrize("study", ["../../escape", "/tmp/escape", "..", ".hidden", "a/b", "x" * 300])
 def test_study_names_cannot_place_the_database(tmp_path, capsys, study):
     path = write(tmp_path / "space.yaml", space_with())
-    assert "study name" in refused(capsys, ["search", "--space", str(path), "--study", study, "--trials", "1",
-                                            "--device", "cpu", "--no-progress"])
+    assert "study name" in refused(
+        capsys,
+        [
+            "search",
+            "--space",
+            str(path),
+            "--study",
+            study,
+            "--trials",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert "study name" in refused(capsys, ["worker", "--study", study, "--device", "cpu"])
     assert not list(tmp_path.parent.rglob("escape*.db"))
 
 
 def test_transfer_method_cannot_escape(tmp_path, capsys):
-    assert "--method" in refused(capsys, ["transfer", "vgg11-digits", "vgg11-digits", "--method", "../../escape",
-                                          "--no-discover", "--out-dir", str(tmp_path / "out")])
+    assert "--method" in refused(
+        capsys,
+        [
+            "transfer",
+            "vgg11-digits",
+            "vgg11-digits",
+            "--method",
+            "../../escape",
+            "--no-discover",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+    )
 
 
-# ---- hypothesis ------------------------------------------------------------------------------------------------
+# ---- hypothesis --------------------------------------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
-genome_paths = st.sampled_from([["model"], ["num_classes"], ["input", "size"], ["input", "channels"],
-                                ["widths", "conv1"], ["widths"], ["blocks"], ["sparsity"],
-                                ["sparsity", "density"], ["sparsity", "seed"], ["provenance"], ["format"],
-                                ["version"], ["name"], ["family"]])
-# Examples per hypothesis test; PRUNE_NAS_FUZZ_EXAMPLES=1000 for a long hunt (the default keeps the suite fast).
+    max_leaves=12,
+)
+genome_paths = st.sampled_from(
+    [
+        ["model"],
+        ["num_classes"],
+        ["input", "size"],
+        ["input", "channels"],
+        ["widths", "conv1"],
+        ["widths"],
+        ["blocks"],
+        ["sparsity"],
+        ["sparsity", "density"],
+        ["sparsity", "seed"],
+        ["provenance"],
+        ["format"],
+        ["version"],
+        ["name"],
+        ["family"],
+    ]
+)
+# Examples per hypothesis test; PRUNE_NAS_FUZZ_EXAMPLES=1000 for a long hunt (the default keeps it fast).
 EXAMPLES = int(os.environ.get("PRUNE_NAS_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @FUZZ
@@ -344,18 +445,46 @@ def test_random_bytes_as_genome(tmp_path, capsys, data):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-NUMERIC_FLAGS = [("train", "vgg11", "--threads"), ("train", "vgg11", "--lr"), ("train", "vgg11", "--epochs"),
-                 ("train", "vgg11", "--crop-padding"), ("train", "vgg11", "--momentum"),
-                 ("train", "vgg11", "--seed"), ("discover", "--method", "slimming", "--input-size"),
-                 ("discover", "--method", "slimming", "--ratio"), ("discover", "--method", "slimming", "--width"),
-                 ("evaluate", "--seeds"), ("search", "--space", "x", "--heartbeat"), ("results", "x", "--top"),
-                 ("train", "vgg11", "--device"), ("run", "x", "--threads")]
+NUMERIC_FLAGS = [
+    ("train", "vgg11", "--threads"),
+    ("train", "vgg11", "--lr"),
+    ("train", "vgg11", "--epochs"),
+    ("train", "vgg11", "--crop-padding"),
+    ("train", "vgg11", "--momentum"),
+    ("train", "vgg11", "--seed"),
+    ("discover", "--method", "slimming", "--input-size"),
+    ("discover", "--method", "slimming", "--ratio"),
+    ("discover", "--method", "slimming", "--width"),
+    ("evaluate", "--seeds"),
+    ("search", "--space", "x", "--heartbeat"),
+    ("results", "x", "--top"),
+    ("train", "vgg11", "--device"),
+    ("run", "x", "--threads"),
+]
 
 
 @FUZZ
-@given(flag=st.sampled_from(NUMERIC_FLAGS),
-       value=st.text(max_size=20) | st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "-0", "0", "-1",
-                                                        "1e-400", "0x10", "1_000", " 3", "cuda:99999"]))
+@given(
+    flag=st.sampled_from(NUMERIC_FLAGS),
+    value=st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "nan",
+            "-nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "-0",
+            "0",
+            "-1",
+            "1e-400",
+            "0x10",
+            "1_000",
+            " 3",
+            "cuda:99999",
+        ]
+    ),
+)
 def test_flag_values_parse_or_are_refused(capsys, flag, value):
     """The parser alone: any value is taken (then sane) or refused with exit 2, never an exception."""
     try:
@@ -371,8 +500,23 @@ def test_flag_values_parse_or_are_refused(capsys, flag, value):
         assert got >= 1
 
 
-space_paths = st.sampled_from(["name", "model", "width", "input_size", "dataset", "budget", "objective",
-                               "parameters", "seeds", "uniform", "seed_genomes", "sampler", "protocol"])
+space_paths = st.sampled_from(
+    [
+        "name",
+        "model",
+        "width",
+        "input_size",
+        "dataset",
+        "budget",
+        "objective",
+        "parameters",
+        "seeds",
+        "uniform",
+        "seed_genomes",
+        "sampler",
+        "protocol",
+    ]
+)
 
 
 @settings(FUZZ, max_examples=max(EXAMPLES * 2 // 3, 1))

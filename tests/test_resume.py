@@ -54,18 +54,29 @@ def _weights(store: Store, key: str) -> dict:
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data, engine):
     spec = _spec()
     whole = Store(tmp_path / "whole")
-    ref = run(spec, whole, dataset=data, progress=False, save_weights=True, engine=engine, checkpoint_every_s=0)
+    ref = run(
+        spec, whole, dataset=data, progress=False, save_weights=True, engine=engine, checkpoint_every_s=0
+    )
 
     store = Store(tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
-        run(spec, store, dataset=data, progress=False, save_weights=True, engine=engine,
-            callbacks=[_KillAfter(3)], checkpoint_every_s=0)
+        run(
+            spec,
+            store,
+            dataset=data,
+            progress=False,
+            save_weights=True,
+            engine=engine,
+            callbacks=[_KillAfter(3)],
+            checkpoint_every_s=0,
+        )
     assert store.get(spec.key) is None and store.checkpoint_path(spec.key).is_file()
     saved = torch.load(store.checkpoint_path(spec.key), weights_only=True)
     assert saved["epoch"] == 2 and saved["tag"] == spec.key
 
-    resumed = run(spec, store, dataset=data, progress=False, save_weights=True, engine=engine,
-                  checkpoint_every_s=0)
+    resumed = run(
+        spec, store, dataset=data, progress=False, save_weights=True, engine=engine, checkpoint_every_s=0
+    )
     assert not store.checkpoint_path(spec.key).exists()  # deleted once the record is written
     assert [c["loss"] for c in resumed["curve"]] == [c["loss"] for c in ref["curve"]]
     assert [c["lr"] for c in resumed["curve"]] == [c["lr"] for c in ref["curve"]]
@@ -140,9 +151,17 @@ def test_sigkilled_process_resumes_to_the_same_result(tmp_path):
     saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] in (1, 2)
     subprocess.run(cmd + [root, "fast"], check=True, env=env, cwd=root, timeout=300, capture_output=True)
-    subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "w"), root, "fast"], check=True, env=env,
-                   cwd=root, timeout=300, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "w"), root, "fast"],
+        check=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+        capture_output=True,
+    )
     a = torch.load(Store(tmp_path / "s").weights_path(spec.key), weights_only=True)
     b = torch.load(Store(tmp_path / "w").weights_path(spec.key), weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert Store(tmp_path / "s").get(spec.key)["final_top1"] == Store(tmp_path / "w").get(spec.key)["final_top1"]
+    assert (
+        Store(tmp_path / "s").get(spec.key)["final_top1"] == Store(tmp_path / "w").get(spec.key)["final_top1"]
+    )

@@ -34,8 +34,12 @@ def test_identical_weights_hash_the_same_whatever_the_file(tmp_path):
     assert tensors_sha256(other) != tensors_sha256(state)
     assert tensors_sha256({**state, "c": torch.tensor(1.5, dtype=torch.float64)}) != tensors_sha256(state)
     # a genome written before content hashing records the file's hash: still accepted, keyed by content
-    old = g1.replace(provenance={**g1.provenance, "weights": {"file": "x.pt",
-                                                              "sha256": file_sha256(tmp_path / "one" / "x.pt")}})
+    old = g1.replace(
+        provenance={
+            **g1.provenance,
+            "weights": {"file": "x.pt", "sha256": file_sha256(tmp_path / "one" / "x.pt")},
+        }
+    )
     assert inherited_weights(old)[1] == tensors_sha256(state)
 
 
@@ -56,10 +60,25 @@ def test_weights_that_are_not_a_regular_file_are_refused(tmp_path):
 @pytest.mark.slow
 def test_two_identical_discovers_train_the_large_model_once(tmp_path):
     env = dict(os.environ, PRUNE_NAS_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "prune_nas", "discover", "--method", "slimming", "--epochs", "2",
-           "--no-progress", "--device", "cpu", "--threads", "1"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=REPO) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prune_nas",
+        "discover",
+        "--method",
+        "slimming",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     trained = [o for o in outs if "training the large model" in o]
@@ -74,9 +93,13 @@ def test_file_lock_serialises(tmp_path):
     from prune_nas.core.atomic import file_lock
 
     lock = tmp_path / "x.lock"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from prune_nas.core.atomic import file_lock\n"
-            "with file_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(1.0)\n")
-    child = subprocess.Popen([sys.executable, "-c", code, str(lock), str(REPO)], stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[2]); from prune_nas.core.atomic import file_lock\n"
+        "with file_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(1.0)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock), str(REPO)], stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout.readline().strip() == "held"
     waited = []
     with file_lock(lock, on_wait=lambda: waited.append(1)):
@@ -87,10 +110,18 @@ def test_file_lock_serialises(tmp_path):
 
 def test_failed_search_leaves_no_empty_study(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    space = {"name": "empty-fail", "model": "vgg11", "width": 0.125, "input_size": 16, "dataset": "synthetic",
-             "budget": {"kind": "epochs", "epochs": 1}, "early_stopping": False,
-             "objective": {"maximize": "accuracy"}, "seed_genomes": ["no-such-genome-anywhere"],
-             "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}}}
+    space = {
+        "name": "empty-fail",
+        "model": "vgg11",
+        "width": 0.125,
+        "input_size": 16,
+        "dataset": "synthetic",
+        "budget": {"kind": "epochs", "epochs": 1},
+        "early_stopping": False,
+        "objective": {"maximize": "accuracy"},
+        "seed_genomes": ["no-such-genome-anywhere"],
+        "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}},
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space))
     assert main(["search", "--space", str(path), "--trials", "1", "--no-progress", "--device", "cpu"]) == 2

@@ -26,13 +26,20 @@ def assert_nothing_lost(trials, target: int) -> None:
     c = counts(trials)
     assert c.running == 0 and c.waiting == 0
     assert target <= c.settled <= target + 1, c
-    done = Counter((t.user_attrs.get("genome_key"), t.user_attrs.get("seed")) for t in trials
-                   if t.state == TrialState.COMPLETE and "infeasible" not in t.user_attrs)
+    done = Counter(
+        (t.user_attrs.get("genome_key"), t.user_attrs.get("seed"))
+        for t in trials
+        if t.state == TrialState.COMPLETE and "infeasible" not in t.user_attrs
+    )
     assert all(n == 1 for n in done.values()), done
     for t in trials:
         if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs:
-            retries = [r for r in trials if t.number in r.system_attrs.get("retry_history", [])
-                       or r.system_attrs.get("failed_trial") == t.number]
+            retries = [
+                r
+                for r in trials
+                if t.number in r.system_attrs.get("retry_history", [])
+                or r.system_attrs.get("failed_trial") == t.number
+            ]
             assert retries and any(r.state.is_finished() for r in retries), t.number
 
 
@@ -134,8 +141,15 @@ def test_storage_gone_for_good_ends_with_one_line(tmp_path):
     flaky.down = True
     study._storage = flaky
     with pytest.raises(StorageLost, match=r"resume with: prune-nas worker --study tiny --storage x$"):
-        work(study, space, trials=1, store=tmp_path / "store", log=quiet, patience_s=1.0,
-             resume="prune-nas worker --study tiny --storage x")
+        work(
+            study,
+            space,
+            trials=1,
+            store=tmp_path / "store",
+            log=quiet,
+            patience_s=1.0,
+            resume="prune-nas worker --study tiny --storage x",
+        )
 
 
 def test_retry_storage_backs_off_then_succeeds(monkeypatch):

@@ -44,15 +44,20 @@ def register(sub) -> None:
     p.add_argument("--model", help="base model (default: the discover pipeline's for the dataset)")
     p.add_argument("--dataset", default="digits", help="digits (default, embedded), synthetic, cifar10, "
                                                        "cifar100, imagenet")
-    p.add_argument("--ratio", type=_args.finite_float, help="fraction pruned (the method's default otherwise)")
-    p.add_argument("--seeds", type=_args.positive_int, help="seeds per row (default 3 on digits, 5 otherwise)")
-    p.add_argument("--width", type=_args.positive_float, help="width multiplier of the large model (default 0.25 on digits)")
-    p.add_argument("--epochs", type=_args.positive_int, help="base epochs: the large model's and Scratch-E's (default 10 on "
-                                              "digits, 160 CIFAR)")
+    p.add_argument("--ratio", type=_args.finite_float,
+                   help="fraction pruned (the method's default otherwise)")
+    p.add_argument("--seeds", type=_args.positive_int,
+                   help="seeds per row (default 3 on digits, 5 otherwise)")
+    p.add_argument("--width", type=_args.positive_float,
+                   help="width multiplier of the large model (default 0.25 on digits)")
+    p.add_argument("--epochs", type=_args.positive_int,
+                   help="base epochs: the large model's and Scratch-E's (default 10 on "
+                        "digits, 160 CIFAR)")
     p.add_argument("--finetune-epochs", type=_args.positive_int,
                    help="fine-tune epochs (default: 5 on digits, else a quarter of --epochs: 40 of 160 as "
                         "in the paper)")
-    p.add_argument("--input-size", type=_args.positive_int, help="input size (default: 16 on digits, the model's otherwise)")
+    p.add_argument("--input-size", type=_args.positive_int,
+                   help="input size (default: 16 on digits, the model's otherwise)")
     add_method_args(p)
     _where(p)
     p.add_argument("--genome-dir", help="where the discovered genome is read and written (default "
@@ -68,7 +73,8 @@ def register(sub) -> None:
                                    "and uniform pruning run first.", epilog=SEARCH_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--space", required=True, help="search space file, or a name in search_spaces/")
-    s.add_argument("--trials", type=_args.positive_int, default=20, help="settled trials the study should have (default 20)")
+    s.add_argument("--trials", type=_args.positive_int, default=20,
+                   help="settled trials the study should have (default 20)")
     s.add_argument("--study", help="study name (default: the space's name)")
     _study_opts(s)
     s.set_defaults(func=cmd_search)
@@ -80,7 +86,8 @@ def register(sub) -> None:
     w.add_argument("--study", required=True, help="study name")
     w.add_argument("--trials", type=_args.positive_int,
                    help="settled trials the study should have (default: what `search` set)")
-    w.add_argument("--sampler-seed", type=_args.nonneg_int, help="seed of this worker's sampler (default: random)")
+    w.add_argument("--sampler-seed", type=_args.nonneg_int,
+                   help="seed of this worker's sampler (default: random)")
     _study_opts(w)
     w.set_defaults(func=cmd_worker)
 
@@ -95,11 +102,13 @@ def register(sub) -> None:
 
 def _where(p) -> None:
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", type=_args.device, default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, ... (default: cuda if available)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
     r.add_argument("--store", help="results store (default $PRUNE_NAS_HOME/store or artifacts/store)")
-    r.add_argument("--threads", type=_args.positive_int, help="CPU threads for torch (default 1 on the embedded datasets)")
+    r.add_argument("--threads", type=_args.positive_int,
+                   help="CPU threads for torch (default 1 on the embedded datasets)")
     r.add_argument("--no-progress", action="store_true")
 
 
@@ -109,8 +118,9 @@ def _study_opts(p) -> None:
     p.add_argument("--heartbeat", type=_args.positive_int, default=10,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried "
                         "(default 10)")
-    p.add_argument("--grace", type=_args.positive_int, help="seconds of silence before a trial counts as dead (default 3 x "
-                                             "--heartbeat)")
+    p.add_argument("--grace", type=_args.positive_int,
+                   help="seconds of silence before a trial counts as dead (default 3 x "
+                        "--heartbeat)")
     _where(p)
 
 

@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", type=_args.device, default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--runs-dir", help="results root (default $PRUNE_NAS_HOME/runs or artifacts/runs)")
     r.add_argument("--store", help="training records (default $PRUNE_NAS_HOME/store or artifacts/store)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")

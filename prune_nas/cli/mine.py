@@ -78,7 +78,8 @@ def _design_args(q) -> None:
                       help="Guided Sparsifying (masks); default for patterns of sparse genomes")
     mode.add_argument("--pruning", dest="sparse", action="store_false",
                       help="Guided Pruning (widths); default for patterns of dense genomes")
-    q.add_argument("--seed", type=_args.nonneg_int, default=0, help="seed of the sampled masks (--sparse only; default 0)")
+    q.add_argument("--seed", type=_args.nonneg_int, default=0,
+                   help="seed of the sampled masks (--sparse only; default 0)")
     q.add_argument("--width", type=_args.positive_float, default=None,
                    help="width multiplier of the unpruned target that sizes are measured against (default: the "
                         "source runs' own, e.g. 0.25 for discover's digits runs, on their dataset; else 1)")
@@ -114,7 +115,8 @@ def register(sub) -> None:
     p.add_argument("--pattern", type=Path, default=None, help="use this pattern file instead of mining")
     p.add_argument("--no-discover", action="store_true",
                    help="refuse (exit 2) instead of running discovery when no source runs exist")
-    p.add_argument("--runs", type=_args.positive_int, default=3, help="discovery runs (seeds 0..N-1) if needed (default 3)")
+    p.add_argument("--runs", type=_args.positive_int, default=3,
+                   help="discovery runs (seeds 0..N-1) if needed (default 3)")
     p.add_argument("--ratio", type=_args.finite_float, default=None,
                    help="use only source runs at this prune ratio, and discover at it if there are none "
                         "(default: all runs; discovery at 0.4)")

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--crop-padding", type=_args.nonneg_int)
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", type=_args.device, default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--engine", choices=["eager", "fast"], default="eager",
                    help="eager: plain PyTorch; fast: data on the device, and on CUDA bf16 + channels_last + "
                         "the whole step as one CUDA graph (several times faster at batch 64)")

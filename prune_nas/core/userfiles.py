@@ -1,7 +1,8 @@
 """Reading files a user names (genomes, patterns, experiment specs, search spaces, mask .npz, weights .pt).
 
 Every such file is hostile: it may be a device (``/dev/zero`` never ends), a folder, huge, not UTF-8, nested a
-million levels deep, hold ``NaN`` or ``1e400``, or be a YAML alias bomb (a few lines that expand to gigabytes).
+million levels deep, hold ``NaN`` or ``1e400``, or be a YAML alias bomb (a few lines that expand to
+gigabytes).
 This module is the one place that reads them, and each of those ends in one clear :class:`UserError` line:
 
 * only regular files, at most :data:`MAX_TEXT_BYTES` (text) or :data:`MAX_BINARY_BYTES` (arrays, weights);
@@ -28,7 +29,8 @@ MAX_DEPTH = 64  # the deepest legitimate file (a genome's kernel_keep) nests 5 l
 MAX_INT_DIGITS = 30  # larger than any width, seed or count; far below Python's 4300-digit parse limit
 
 
-def checked_file(path: str | os.PathLike, what: str, hint: str = "", max_bytes: int = MAX_BINARY_BYTES) -> Path:
+def checked_file(path: str | os.PathLike, what: str, hint: str = "",
+                 max_bytes: int = MAX_BINARY_BYTES) -> Path:
     """``path`` if it is a regular file of at most ``max_bytes``, else a UserError (not found, a folder, a
     device or pipe, too large). Callers that open the file themselves (numpy, torch) check it here first."""
     path = Path(path)
@@ -67,7 +69,8 @@ def read_text(path: str | os.PathLike, what: str, hint: str = "", max_bytes: int
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
+        bad = data[e.start:e.start + 1]
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {bad!r})") from None
 
 
 def check_depth(obj: Any, where: str, max_depth: int = MAX_DEPTH) -> Any:

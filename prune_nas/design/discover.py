@@ -186,7 +186,8 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     with file_lock(folder / f"{key}.lock", lambda: log(f"another process is training this large model "
                                                        f"({key}); waiting to reuse it")):
         return _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used,
-                                  key, key_dict, pt, meta, seed=seed, device=device, progress=progress, log=log)
+                                  key, key_dict, pt, meta, seed=seed, device=device, progress=progress,
+                                  log=log)
 
 
 def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used, key,

@@ -621,7 +621,7 @@ def run_trial(study: optuna.Study, evaluator: "Evaluator", *, patience_s: float,
     storage = study._storage
     def ask() -> optuna.Trial:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": it is here
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize"
             return study.ask()
 
     trial = again(ask)
@@ -730,7 +730,7 @@ def search(space: Space, *, trials: int, storage: str | None = None, study_name:
 
 def _remove_if_empty(path: Path, name: str) -> None:
     """Delete a study database this command created when the study never got a trial (a search that failed
-    before its first trial would otherwise leave an empty study that blocks nothing but confuses ``results``)."""
+    before its first trial would otherwise leave an empty study that only confuses ``results``)."""
     with contextlib.suppress(Exception):
         st = open_storage(f"sqlite:///{path.resolve()}", name)
         summaries = optuna.get_all_study_summaries(st, include_best_trial=False)

@@ -190,7 +190,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
             for fn in on_epoch_end:
                 fn(model, epoch, entry)
             now = time.perf_counter()
-            if checkpoint is not None and epoch + 1 < protocol.epochs and now - last_save >= checkpoint.every_s:
+            last_epoch = epoch + 1 == protocol.epochs  # the record follows at once: no checkpoint needed
+            if checkpoint is not None and not last_epoch and now - last_save >= checkpoint.every_s:
                 checkpoint.save({"model": model.state_dict(), "step": step.state_dict(), "epoch": epoch + 1,
                                  "curve": history.curve, "rng": _rng_state(gen, device),
                                  "callbacks": _callback_states(callbacks),
