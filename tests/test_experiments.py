@@ -150,7 +150,6 @@ def test_scratch_b_stretches_the_lr_drops():
     drops at int(0.5 x 243), int(0.75 x 243) (cifar main_B.py); ImageNet capped at 180, drops every 60; SSS
     ResNet-41 / 32 / 26 (117 / 145 / 179 epochs) drop every int(30 x ratio) epochs: 35, 70, 105; 43, 86, 129;
     53, 106, 159 (its README)."""
-    from dataclasses import replace
 
     def drops(name, label, epochs):
         (row,) = [r for r in load_spec(ROOT / "experiments" / f"{name}.yaml").plan("paper").rows

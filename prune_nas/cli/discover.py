@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
 from prune_nas.core.errors import UserError
 
@@ -32,24 +33,30 @@ def register(sub) -> None:
                                    "the first family the method supports)")
     p.add_argument("--dataset", default="digits", help="digits (default, embedded), synthetic, cifar10, "
                                                        "cifar100, imagenet")
-    p.add_argument("--ratio", type=float, help="fraction pruned: channels (structured), weights (magnitude); "
-                                               "must be in (0, 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the large model's training and of the method")
-    p.add_argument("--width", type=float, help="width multiplier of the large model (default 0.25 on digits, 1 "
-                                               "elsewhere)")
-    p.add_argument("--epochs", type=int, help="large model's epochs (default: 20 on digits, 160 CIFAR, 90 "
-                                              "ImageNet)")
-    p.add_argument("--input-size", type=int, help="input side in pixels (default: 16 on digits, else the "
-                                                  "model's)")
+    p.add_argument("--ratio", type=_args.finite_float,
+                   help="fraction pruned: channels (structured), weights (magnitude); "
+                        "must be in (0, 1)")
+    p.add_argument("--seed", type=_args.nonneg_int, default=0,
+                   help="seed of the large model's training and of the method")
+    p.add_argument("--width", type=_args.positive_float,
+                   help="width multiplier of the large model (default 0.25 on digits, 1 "
+                        "elsewhere)")
+    p.add_argument("--epochs", type=_args.positive_int,
+                   help="large model's epochs (default: 20 on digits, 160 CIFAR, 90 "
+                        "ImageNet)")
+    p.add_argument("--input-size", type=_args.positive_int,
+                   help="input side in pixels (default: 16 on digits, else the "
+                        "model's)")
     add_method_args(p)
     r = p.add_argument_group("where and how")
     r.add_argument("--out", help="output folder (default $PRUNE_NAS_HOME/genomes/discovered or artifacts/genomes/discovered in the working folder)")
     r.add_argument("--store", help="where trained large models are cached (default $PRUNE_NAS_HOME/store or "
                                    "artifacts/store)")
-    r.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, ... (default: cuda if available)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    r.add_argument("--threads", type=int, help="CPU threads for torch")
+    r.add_argument("--threads", type=_args.positive_int, help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
     p.set_defaults(func=cmd_discover)
@@ -64,9 +71,10 @@ def add_method_args(parser) -> None:
     m = parser.add_argument_group("method parameters (see `prune-nas methods`)")
     m.add_argument("--config", help="l1-norm / thinet / regression: a named config (l1-norm: A, B)")
     m.add_argument("--skip", help="l1-norm: comma-separated conv ids left unpruned, e.g. 16,20,38,54")
-    m.add_argument("--s", type=float, help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
-                                           "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
-                                           "schedules; given: used as is)")
+    m.add_argument("--s", type=_args.nonneg_float,
+                   help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
+                        "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
+                        "schedules; given: used as is)")
     m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer, not channels")
     m.add_argument("--like", help="random: the widths of this genome; uniform: match its params")
     m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -74,10 +82,12 @@ def add_method_args(parser) -> None:
 
 
 def _value(text: str):
-    """A --param value: JSON when it parses (numbers, true/false, lists), else the string."""
+    """A --param value: strict JSON when it parses (finite numbers, true/false, lists), else the string."""
+    from prune_nas.core.userfiles import parse_json
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text, "--param")
+    except UserError:
         return text
 
 

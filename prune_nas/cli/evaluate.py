@@ -9,9 +9,9 @@ import json
 import signal
 import sys
 
+from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
 from prune_nas.cli.discover import add_method_args, method_args
-from prune_nas.core.errors import UserError
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -44,15 +44,20 @@ def register(sub) -> None:
     p.add_argument("--model", help="base model (default: the discover pipeline's for the dataset)")
     p.add_argument("--dataset", default="digits", help="digits (default, embedded), synthetic, cifar10, "
                                                        "cifar100, imagenet")
-    p.add_argument("--ratio", type=float, help="fraction pruned (the method's default otherwise)")
-    p.add_argument("--seeds", type=int, help="seeds per row (default 3 on digits, 5 otherwise)")
-    p.add_argument("--width", type=float, help="width multiplier of the large model (default 0.25 on digits)")
-    p.add_argument("--epochs", type=int, help="base epochs: the large model's and Scratch-E's (default 10 on "
-                                              "digits, 160 CIFAR)")
-    p.add_argument("--finetune-epochs", type=int,
+    p.add_argument("--ratio", type=_args.finite_float,
+                   help="fraction pruned (the method's default otherwise)")
+    p.add_argument("--seeds", type=_args.positive_int,
+                   help="seeds per row (default 3 on digits, 5 otherwise)")
+    p.add_argument("--width", type=_args.positive_float,
+                   help="width multiplier of the large model (default 0.25 on digits)")
+    p.add_argument("--epochs", type=_args.positive_int,
+                   help="base epochs: the large model's and Scratch-E's (default 10 on "
+                        "digits, 160 CIFAR)")
+    p.add_argument("--finetune-epochs", type=_args.positive_int,
                    help="fine-tune epochs (default: 5 on digits, else a quarter of --epochs: 40 of 160 as "
                         "in the paper)")
-    p.add_argument("--input-size", type=int, help="input size (default: 16 on digits, the model's otherwise)")
+    p.add_argument("--input-size", type=_args.positive_int,
+                   help="input size (default: 16 on digits, the model's otherwise)")
     add_method_args(p)
     _where(p)
     p.add_argument("--genome-dir", help="where the discovered genome is read and written (default "
@@ -70,7 +75,8 @@ def register(sub) -> None:
                                    "and uniform pruning run first.", epilog=SEARCH_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--space", required=True, help="search space file, or a name in search_spaces/")
-    s.add_argument("--trials", type=int, default=20, help="settled trials the study should have (default 20)")
+    s.add_argument("--trials", type=_args.positive_int, default=20,
+                   help="settled trials the study should have (default 20)")
     s.add_argument("--study", help="study name (default: the space's name)")
     _study_opts(s)
     s.set_defaults(func=cmd_search)
@@ -80,9 +86,10 @@ def register(sub) -> None:
                                    "from the study. Stops when the study has its target of settled trials.",
                        epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--study", required=True, help="study name")
-    w.add_argument("--trials", type=int,
+    w.add_argument("--trials", type=_args.positive_int,
                    help="settled trials the study should have (default: what `search` set)")
-    w.add_argument("--sampler-seed", type=int, help="seed of this worker's sampler (default: random)")
+    w.add_argument("--sampler-seed", type=_args.nonneg_int,
+                   help="seed of this worker's sampler (default: random)")
     _study_opts(w)
     w.set_defaults(func=cmd_worker)
 
@@ -90,29 +97,32 @@ def register(sub) -> None:
     r.add_argument("study", metavar="STUDY", help="study name")
     r.add_argument("--storage",
                    help="storage URL (default: the study's SQLite file under artifacts/studies/)")
-    r.add_argument("--top", type=int, default=10, help="candidates to show (default 10)")
+    r.add_argument("--top", type=_args.positive_int, default=10, help="candidates to show (default 10)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_results)
 
 
 def _where(p) -> None:
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, ... (default: cuda if available)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
     r.add_argument("--store", help="results store (default $PRUNE_NAS_HOME/store or artifacts/store)")
-    r.add_argument("--threads", type=int, help="CPU threads for torch (default 1 on the embedded datasets)")
+    r.add_argument("--threads", type=_args.positive_int,
+                   help="CPU threads for torch (default 1 on the embedded datasets)")
     r.add_argument("--no-progress", action="store_true")
 
 
 def _study_opts(p) -> None:
     p.add_argument("--storage", help="Optuna storage URL: sqlite:///file.db, postgresql://user@host/db, ... "
                                      "(default: artifacts/studies/<study>.db)")
-    p.add_argument("--heartbeat", type=int, default=10,
+    p.add_argument("--heartbeat", type=_args.positive_int, default=10,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried "
                         "(default 10)")
-    p.add_argument("--grace", type=int, help="seconds of silence before a trial counts as dead (default 3 x "
-                                             "--heartbeat)")
+    p.add_argument("--grace", type=_args.positive_int,
+                   help="seconds of silence before a trial counts as dead (default 3 x "
+                        "--heartbeat)")
     _where(p)
 
 
@@ -209,8 +219,6 @@ def cmd_worker(args) -> int:
 def cmd_results(args) -> int:
     from prune_nas.search.studies import load_study, summarize
 
-    if args.top < 1:
-        raise UserError("--top must be >= 1")
     study, _ = load_study(args.study, args.storage)
     summary = summarize(study)
     if args.json:

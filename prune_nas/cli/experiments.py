@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from prune_nas.cli import _args
 from prune_nas.core.errors import UserError
 
 RUN_EPILOG = """\
@@ -40,14 +41,15 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--runs-dir", help="results root (default $PRUNE_NAS_HOME/runs or artifacts/runs)")
     r.add_argument("--store", help="training records (default $PRUNE_NAS_HOME/store or artifacts/store)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
     r.add_argument("--engine", choices=["eager", "fast"], default="eager",
                    help="training engine of the training runs (fast: device-resident data, CUDA graphs)")
-    r.add_argument("--threads", type=int, help="CPU threads for torch")
+    r.add_argument("--threads", type=_args.positive_int, help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
     p.set_defaults(func=cmd_run)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 from prune_nas.cli._format import human, table
+from prune_nas.core.errors import UserError
 
 EPILOG = """\
 examples:
@@ -134,7 +136,6 @@ def cmd_info(args) -> int:
 
 
 def _latency(genome, args) -> dict:
-    from prune_nas.core.errors import UserError
     from prune_nas.core.latency import profile
     from prune_nas.core.library import reference_of
 
@@ -207,13 +208,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from prune_nas.core.errors import UserError
     from prune_nas.core.library import resolve_genome
 
     if not args.out and not args.onnx:
         raise UserError("genome export: give --out FILE.json, --onnx FILE.onnx, or both")
     if args.weights and not args.onnx:
         raise UserError("--weights goes with --onnx (the .json names inherited weights in its provenance)")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir() or args.out.endswith(("/", os.sep)):
+            raise UserError(f"--out {args.out} is a folder; give the file to write, e.g. {out / 'genome.json'}")
     genome = resolve_genome(args.genome)
     if args.onnx:
         from prune_nas.core.export import export_onnx

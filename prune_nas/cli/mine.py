@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
-from prune_nas.core.errors import UserError
 
 SIZE_HELP = ("comma-separated sizes: the fraction of the unpruned target model's params (or FLOPs with "
              "--by flops) that each genome KEEPS, in (0, 1]; e.g. 0.3 = 30%% of the base model's params")
@@ -59,9 +60,12 @@ def _dirs():
 
 def _sizes(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        sizes = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"sizes must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(x) for x in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be finite numbers, got {text!r}")
+    return sizes
 
 
 def _design_args(q) -> None:
@@ -74,8 +78,9 @@ def _design_args(q) -> None:
                       help="Guided Sparsifying (masks); default for patterns of sparse genomes")
     mode.add_argument("--pruning", dest="sparse", action="store_false",
                       help="Guided Pruning (widths); default for patterns of dense genomes")
-    q.add_argument("--seed", type=int, default=0, help="seed of the sampled masks (--sparse only; default 0)")
-    q.add_argument("--width", type=float, default=None,
+    q.add_argument("--seed", type=_args.nonneg_int, default=0,
+                   help="seed of the sampled masks (--sparse only; default 0)")
+    q.add_argument("--width", type=_args.positive_float, default=None,
                    help="width multiplier of the unpruned target that sizes are measured against (default: the "
                         "source runs' own, e.g. 0.25 for discover's digits runs, on their dataset; else 1)")
     q.add_argument("--out-dir", type=Path, default=None, help="where genomes go (default artifacts/genomes/guided, or .../transferred)")
@@ -110,8 +115,9 @@ def register(sub) -> None:
     p.add_argument("--pattern", type=Path, default=None, help="use this pattern file instead of mining")
     p.add_argument("--no-discover", action="store_true",
                    help="refuse (exit 2) instead of running discovery when no source runs exist")
-    p.add_argument("--runs", type=int, default=3, help="discovery runs (seeds 0..N-1) if needed (default 3)")
-    p.add_argument("--ratio", type=float, default=None,
+    p.add_argument("--runs", type=_args.positive_int, default=3,
+                   help="discovery runs (seeds 0..N-1) if needed (default 3)")
+    p.add_argument("--ratio", type=_args.finite_float, default=None,
                    help="use only source runs at this prune ratio, and discover at it if there are none "
                         "(default: all runs; discovery at 0.4)")
     p.add_argument("--discovered-dir", type=Path, default=None,
@@ -185,7 +191,11 @@ def cmd_guide(args) -> int:
     model = args.model or pattern.model
     dataset = args.dataset or pattern.dataset
     sparse = bool(pattern.sparse) if args.sparse is None else args.sparse
-    stem = f"{model}-{dataset}-{pattern.method}-guided" + ("-sparse" if sparse else "")
+    from prune_nas.core.paths import slug
+
+    stem = "-".join(slug(v, what) for v, what in ((model, "model"), (dataset, "dataset"),
+                                                  (pattern.method, "pattern method"))) + "-guided"
+    stem += "-sparse" if sparse else ""
     results = generate(pattern, target_base(pattern, model, dataset, args.width), args.sizes,
                        args.out_dir or _dirs()["guided"], stem, sparse=sparse, by=args.by, seed=args.seed,
                        pattern_file=args.pattern.as_posix())
@@ -195,17 +205,17 @@ def cmd_guide(args) -> int:
 
 def cmd_transfer(args) -> int:
     from prune_nas.design.mining import load_pattern
+    from prune_nas.core.paths import slug
     from prune_nas.design.transfer import parse_name, transfer
 
     parse_name(args.source)
     parse_name(args.target)
-    if args.runs < 1:
-        raise UserError("--runs must be >= 1")
     dirs = _dirs()
     out_dir = args.out_dir or dirs["transferred"]
     pattern = load_pattern(args.pattern) if args.pattern else None
     # The mined source pattern is kept beside the genomes it produced.
-    pattern_out = None if pattern else out_dir / f"{args.source}-{args.method}.pattern.json"
+    pattern_out = None if pattern else \
+        out_dir / f"{slug(args.source, 'source')}-{slug(args.method, '--method')}.pattern.json"
     results = transfer(args.source, args.target, args.sizes, method=args.method, pattern=pattern,
                        discovered_dir=args.discovered_dir or dirs["discovered"],
                        out_dir=out_dir, sparse=args.sparse, by=args.by,

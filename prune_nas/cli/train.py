@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import replace
 
+from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
 from prune_nas.core.errors import UserError
 
@@ -29,35 +31,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "imagenet, synthetic")
     p.add_argument("--budget", choices=["epochs", "flops"], default="epochs",
                    help="epochs: Scratch-E; flops: Scratch-B, same training FLOPs as the reference")
-    p.add_argument("--epochs", type=int,
+    p.add_argument("--epochs", type=_args.positive_int,
                    help="base epochs (default: 160 CIFAR-style, 90 ImageNet, 40 fine-tune)")
     p.add_argument("--reference", help="Scratch-B reference genome (default: the genome's recorded "
                                        "reference, else its unpruned base model)")
     p.add_argument("--cap", help="Scratch-B: cap on the FLOPs ratio, a number, 'imagenet' (2, the default on "
                                  "ImageNet) or 'none'")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=_args.positive_int, default=1, help="number of seeds (default 1)")
+    p.add_argument("--seed", type=_args.nonneg_int, default=0, help="first seed (default 0)")
     p.add_argument("--finetune", action="store_true",
                    help="start from the genome's inherited weights; 40 epochs at lr 0.001")
     g = p.add_argument_group("protocol overrides (defaults: the paper's)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr", type=_args.positive_float)
+    g.add_argument("--batch-size", type=_args.positive_int)
+    g.add_argument("--momentum", type=_args.nonneg_float)
+    g.add_argument("--weight-decay", type=_args.nonneg_float)
     g.add_argument("--nesterov", action="store_true", default=None)
     g.add_argument("--lr-steps", help="fractions of the epochs where lr drops, e.g. 0.5,0.75, or 'none'")
-    g.add_argument("--lr-gamma", type=float)
-    g.add_argument("--crop-padding", type=int)
+    g.add_argument("--lr-gamma", type=_args.positive_float)
+    g.add_argument("--crop-padding", type=_args.nonneg_int)
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
     r = p.add_argument_group("where and how")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--device", type=_args.device, default="auto",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--engine", choices=["eager", "fast"], default="eager",
                    help="eager: plain PyTorch; fast: data on the device, and on CUDA bf16 + channels_last + "
                         "the whole step as one CUDA graph (several times faster at batch 64)")
     r.add_argument("--data-dir", help="dataset folder (default $PRUNE_NAS_HOME/data or artifacts/data)")
     r.add_argument("--download", action="store_true", help="download CIFAR if missing")
     r.add_argument("--store", help="results folder (default $PRUNE_NAS_HOME/store or artifacts/store)")
-    r.add_argument("--threads", type=int, help="CPU threads for torch")
+    r.add_argument("--threads", type=_args.positive_int, help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
     r.add_argument("--save-weights", action="store_true", help="also store final weights (weights/<key>.pt)")
@@ -66,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("budget", help="FLOPs ratio and Scratch-B epochs of a genome against a reference")
     b.add_argument("genome", metavar="GENOME")
     b.add_argument("--reference", help="default: the genome's recorded reference, else its base model")
-    b.add_argument("--epochs", type=int, default=160, help="base epochs (default 160)")
+    b.add_argument("--epochs", type=_args.positive_int, default=160, help="base epochs (default 160)")
     b.add_argument("--cap", help="cap on the FLOPs ratio: a number, 'imagenet' (2) or 'none' (default)")
     b.set_defaults(func=cmd_budget)
 
@@ -84,8 +87,8 @@ def _cap(value: str | None, dataset: str) -> float | None:
         cap = float(value)
     except ValueError:
         raise UserError(f"--cap takes a number, 'imagenet' or 'none', got {value!r}") from None
-    if cap <= 0:
-        raise UserError(f"--cap must be positive, got {value}")
+    if not (math.isfinite(cap) and cap > 0):
+        raise UserError(f"--cap must be a positive finite number, got {value}")
     return cap
 
 
@@ -141,8 +144,6 @@ def cmd_train(args) -> int:
 
     if args.dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {args.dataset!r}; known: {', '.join(NUM_CLASSES)}")
-    if args.seeds < 1:
-        raise UserError("--seeds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.finetune and args.budget == "flops":
@@ -214,8 +215,6 @@ def cmd_budget(args) -> int:
     from prune_nas.core.library import resolve_genome
     from prune_nas.training.protocol import Protocol, scratch_b_epochs
 
-    if args.epochs < 1:
-        raise UserError("--epochs must be >= 1")
     genome = resolve_genome(args.genome)
     ref = _reference(genome, args.reference)
     cap = _cap(args.cap, "")

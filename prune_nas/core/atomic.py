@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 @lru_cache(maxsize=1)
@@ -34,3 +35,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Two processes about to produce the same result (two identical ``discover`` commands training the same
+    large model) take the lock of that result: the second waits, then finds the result and reuses it.
+    ``on_wait`` is called once if the lock is busy. The lock goes with the process, even on SIGKILL."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -174,10 +174,12 @@ class Genome:
 
     @classmethod
     def from_json(cls, text: str, source_dir: Path | None = None) -> Genome:
+        from prune_nas.core.userfiles import parse_json
+
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenomeError("", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            data = parse_json(text, "genome")
+        except UserError as e:
+            raise GenomeError("", str(e).removeprefix("genome: ")) from None
         return cls.from_dict(data, source_dir)
 
     def replace(self, **changes) -> Genome:
@@ -230,6 +232,10 @@ def schema() -> dict:
 
 def _check_schema(data: Any) -> None:
     import jsonschema
+
+    from prune_nas.core.userfiles import check_depth
+
+    check_depth(data, "genome")  # a dict built in memory (a trial attribute) is checked like a file
 
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path))))
@@ -310,11 +316,19 @@ def _few(names: list[str]) -> str:
 def _validate_sparsity(genome: Genome) -> None:
     sp = genome.sparsity
     convs = conv_ops(genome)
-    for name in sp.density:
+    for name, value in sp.density.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise GenomeError(f"sparsity.density.{name}", f"must be a number in (0, 1], got {value!r}")
         if name not in convs:
             raise GenomeError(f"sparsity.density.{name}", f"no conv layer of that name in {genome.model}")
+    if sp.seed is not None and (isinstance(sp.seed, bool) or not isinstance(sp.seed, int)
+                                or not 0 <= sp.seed < 2**63):
+        raise GenomeError("sparsity.seed", f"must be an integer in [0, 2^63), got {sp.seed!r}")
     n_stages = max(op.stage for op in convs.values())
-    for stage in sp.kernel_keep:
+    for stage, rows in sp.kernel_keep.items():
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                   for row in rows for v in row):
+            raise GenomeError(f"sparsity.kernel_keep.{stage}", "keep probabilities must be numbers in [0, 1]")
         if not stage.isdigit() or not 1 <= int(stage) <= n_stages:
             raise GenomeError(f"sparsity.kernel_keep.{stage}", f"stages are 1..{n_stages}")
 

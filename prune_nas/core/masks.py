@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from prune_nas.core.errors import GenomeError
+from prune_nas.core.errors import GenomeError, UserError
 from prune_nas.core.geometry import conv_ops, ops_of
+from prune_nas.core.userfiles import checked_file
 
 _CACHE: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
@@ -45,21 +47,28 @@ def load_masks(genome) -> dict[str, np.ndarray]:
     key = (str(path), genome.sparsity.mask.sha256)
     if key in _CACHE:
         return _CACHE[key]
-    if not path.exists():
-        raise GenomeError("sparsity.mask.file", f"mask file not found: {path}")
+    try:
+        checked_file(path, "mask file")  # a regular file of bounded size: never /dev/zero or a folder
+    except UserError as e:
+        raise GenomeError("sparsity.mask.file", str(e)) from None
     if file_sha256(path) != genome.sparsity.mask.sha256:
         raise GenomeError("sparsity.mask.sha256", f"{path} does not match the recorded hash")
-    with np.load(path) as data:
-        masks = {k: data[k].astype(bool) for k in data.files}
     convs = conv_ops(genome)
-    for name, mask in masks.items():
-        if name not in convs:
-            raise GenomeError("sparsity.mask", f"mask for unknown conv layer {name!r}")
-        op = convs[name]
-        want = (op.cout, op.cin, op.k, op.k)
-        if tuple(mask.shape) != want:
-            raise GenomeError("sparsity.mask", f"mask {name!r} has shape {tuple(mask.shape)}, the layer has "
-                                               f"{want}")
+    masks = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for name in data.files:
+                if name not in convs:
+                    raise GenomeError("sparsity.mask", f"mask for unknown conv layer {name!r}")
+                op = convs[name]
+                want = (op.cout, op.cin, op.k, op.k)
+                mask = data[name]
+                if tuple(mask.shape) != want:
+                    raise GenomeError("sparsity.mask", f"mask {name!r} has shape {tuple(mask.shape)}, the "
+                                                       f"layer has {want}")
+                masks[name] = mask.astype(bool)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an .npz, or a damaged one
+        raise GenomeError("sparsity.mask.file", f"{path} is not a readable .npz of arrays: {e}") from None
     _CACHE[key] = masks
     return masks
 
@@ -104,7 +113,7 @@ def sampled_masks(genome) -> dict[str, np.ndarray]:
     keeping exactly the ``round(density * weights)`` weights the cost model counts.
     """
     sp = genome.sparsity
-    rng = np.random.default_rng(sp.seed or 0)
+    rng = np.random.default_rng(sp.seed or 0)  # validate() keeps the seed in [0, 2^63)
     masks = {}
     for op in ops_of(genome):
         if op.kind != "conv" or op.name not in sp.density:

@@ -11,6 +11,7 @@ Outputs (store, runs, studies, data, discovered / guided / transferred genomes, 
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -29,3 +30,33 @@ def output_dir(*parts: str) -> Path:
 def bundled_dir(kind: str) -> Path:
     """A folder of data shipped with the package: ``genomes``, ``search_spaces`` or ``experiments``."""
     return Path(str(resources.files("prune_nas").joinpath("bundled", kind)))
+
+
+# A name that becomes one path component: letters, digits, '.', '_', '-', '+'; no leading '.', at most 128.
+_SLUG = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}")
+
+
+def slug(name: object, what: str) -> str:
+    """``name`` if it is safe as a single file or folder name, else a UserError naming ``what``.
+
+    Every name that comes from a user or a user's file (a study, an experiment spec, a genome's provenance)
+    and becomes part of an output path goes through here, so none can climb out of its folder ('..', '/')
+    or hide itself ('.x')."""
+    from prune_nas.core.errors import UserError
+
+    text = str(name)
+    if not isinstance(name, (str, int)) or not _SLUG.fullmatch(text):
+        raise UserError(f"{what} {text[:80]!r} cannot be used in a file name: use letters, digits, '.', '_', "
+                        "'-' or '+' (not starting with '.'), at most 128 characters")
+    return text
+
+
+def under(root: str | os.PathLike, *parts: str) -> Path:
+    """``root/parts...``, checked to stay inside ``root`` (each part is a :func:`slug` already)."""
+    from prune_nas.core.errors import UserError
+
+    base = Path(root)
+    path = base.joinpath(*parts)
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise UserError(f"{path} is outside {base}")
+    return path

@@ -171,11 +171,8 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
                         log: Callable[[str], None] = print):
     """The large model trained with the method's callbacks, from the cache when it is there.
     Returns ``(model on the CPU in eval mode, info dict)``."""
-    import torch
 
-    from prune_nas.core.genome import atomic_write_text
-    from prune_nas.core.version import __version__
-    from prune_nas.training.loop import train_model
+    from prune_nas.core.atomic import file_lock
     from prune_nas.training.store import default_root
 
     schedule = {"protocol": protocol, "steps_per_epoch": data.steps_per_epoch(protocol.batch_size)}
@@ -191,6 +188,24 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     if reg is not None:  # callbacks may add parameters (SSS block scales): attach before loading weights
         callbacks = method.training_callbacks(model, genome=genome, **schedule, **params)
     extra = {"training": used} if used is not None else {}
+    # Two identical commands started together: the second waits for the first's model instead of training
+    # its own.
+    with file_lock(folder / f"{key}.lock", lambda: log(f"another process is training this large model "
+                                                       f"({key}); waiting to reuse it")):
+        return _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used,
+                                  key, key_dict, pt, meta, seed=seed, device=device, progress=progress,
+                                  log=log)
+
+
+def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used, key,
+                       key_dict, pt, meta, *, seed, device, progress, log):
+    import torch
+
+    from prune_nas.core.genome import atomic_write_text
+    from prune_nas.core.version import __version__
+    from prune_nas.training.loop import train_model
+
+    folder = pt.parent
     if pt.exists() and meta.exists():
         record = json.loads(meta.read_text())
         model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
@@ -263,7 +278,7 @@ def run_name(model: str, width: float, dataset: str, method: str, params: dict, 
     if params.get("sparsity"):
         parts.append("sparse")
     if params.get("config"):
-        parts.append(f"c{params['config']}")
+        parts.append(f"c{_name_value(params['config'])}")
     elif params.get("like"):
         parts.append(f"like-{Path(str(params['like'])).stem}")
     elif params.get("ratio") is not None:
@@ -294,7 +309,8 @@ def _plain(v):
 def _name_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(_name_value(x) for x in v)
-    return (f"{v:g}" if isinstance(v, float) else str(v)).replace("/", "_").replace(" ", "_")
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return "".join(c if c.isalnum() or c in "._,=+-" else "_" for c in text)  # part of a file name
 
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,

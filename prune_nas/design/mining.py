@@ -88,7 +88,12 @@ class Pattern:
         return next((x for x in self.sparse["stages"] if x["stage"] == s), None)
 
     def label(self) -> str:
-        return f"{self.model}-{self.dataset}-{self.method}"
+        """``<model>-<dataset>-<method>``, a file name: dataset and method come from genome files, so they are
+        checked (a provenance method of ``../../x`` must not choose where the pattern is written)."""
+        from prune_nas.core.paths import slug
+
+        return "-".join(slug(v, what) for v, what in ((self.model, "model"), (self.dataset, "dataset"),
+                                                      (self.method, "method")))
 
     def source_summary(self) -> dict:
         """What a genome generated from this pattern records about it."""
@@ -376,15 +381,10 @@ def save_pattern(pattern: Pattern, path: str | Path) -> Path:
 
 
 def load_pattern(path: str | Path) -> Pattern:
+    from prune_nas.core.userfiles import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"pattern file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read pattern file {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"pattern file {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    data = read_json(path, "pattern file")
     return Pattern.from_dict(data, where=str(path))
 
 

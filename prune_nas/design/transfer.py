@@ -40,6 +40,7 @@ from prune_nas.core.errors import UserError
 from prune_nas.core.genome import Genome, MaskRef, Sparsity, base_genome, fit_selects, save_genome, validate
 from prune_nas.core.geometry import conv_ops
 from prune_nas.core.masks import sample_mask
+from prune_nas.core.paths import slug
 from prune_nas.design.mining import NUM_CLASSES, Pattern, mine, save_pattern
 
 BY = ("params", "flops")
@@ -377,7 +378,8 @@ def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = 
         if pattern_out is not None:
             save_pattern(pattern, pattern_out)
     sparse = bool(pattern.sparse) if sparse is None else sparse
-    stem = f"{source}-to-{target}-{pattern.method}" + ("-sparse" if sparse else "")
+    stem = f"{slug(source, 'source')}-to-{slug(target, 'target')}-{slug(pattern.method, 'pattern method')}"
+    stem += "-sparse" if sparse else ""
     return generate(pattern, target_base(pattern, t_model, t_dataset, width), sizes, out_dir, stem, sparse=sparse, by=by,
                     seed=seed, kind="transferred",
                     pattern_file=pattern_out.as_posix() if pattern_out is not None else None)

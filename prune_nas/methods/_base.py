@@ -115,6 +115,8 @@ def register(cls: type[Method]) -> type[Method]:
 def get_method(name: str) -> Method:
     import difflib
 
+    if not isinstance(name, str):  # from a user's file: a list or a number is not a method name
+        raise UserError(f"a method name must be a string, got {name!r}")
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, REGISTRY, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

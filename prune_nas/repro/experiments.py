@@ -639,7 +639,10 @@ def versions() -> dict:
 
 
 def run_dir(spec: Spec, scale: str, root: str | os.PathLike | None = None) -> Path:
-    return Path(root if root is not None else default_runs_root()) / spec.name / scale
+    from prune_nas.core.paths import slug, under
+
+    return under(root if root is not None else default_runs_root(), slug(spec.name, "experiment spec name"),
+                 slug(scale, "scale"))
 
 
 def run_experiment(spec: Spec | str | os.PathLike, scale: str = "smoke", *, runs_root=None, store=None,
@@ -910,12 +913,11 @@ def load_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
-    try:
-        m = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no experiment results at {path} (run `prune-nas run <spec> --scale ...` first)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    from prune_nas.core.userfiles import read_json
+
+    m = read_json(path, "experiment manifest", "run `prune-nas run <spec> --scale ...` first")
+    if not isinstance(m, dict):
+        raise UserError(f"{path} is not an experiment manifest")
     if m.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{path} is not a prune-nas experiment manifest")
     if m.get("version") != MANIFEST_VERSION:

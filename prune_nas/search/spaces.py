@@ -358,13 +358,13 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     from prune_nas.training.protocol import Protocol
 
     model, dataset = d["model"], d["dataset"]
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         import difflib
 
         close = difflib.get_close_matches(str(model), MODELS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise err("model", f"unknown model {model!r}{hint}")
-    if dataset not in NUM_CLASSES:
+    if not isinstance(dataset, str) or dataset not in NUM_CLASSES:
         raise err("dataset", f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
     name = d.get("name") or default_name or f"{model}-{dataset}"
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -386,7 +386,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     except (TypeError, ValueError) as e:
         raise err("protocol", str(e)) from None
 
-    budget = dict(d.get("budget") or {"kind": "epochs"})
+    budget = dict(_mapping(d.get("budget") or {"kind": "epochs"}, "budget", err))
     bad = sorted(set(budget) - {"kind", "epochs", "cap"})
     if bad:
         raise err(f"budget.{bad[0]}", "unknown key (known: kind, epochs, cap)")
@@ -399,7 +399,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         _number(budget["cap"], "budget.cap", err, lo=0.0, lo_open=True)
     budget = {"kind": budget["kind"], "epochs": budget.get("epochs"), "cap": budget.get("cap")}
 
-    seeds = _int(d.get("seeds", 1), "seeds", err, 1)
+    seeds = _int(d.get("seeds", 1), "seeds", err, 1, 100)  # each seed of each seed genome is enqueued
     objective = _objective(_objective_dict(d, err), err)
     es = d.get("early_stopping", None)
     if es is False or objective.multi and es is None:
@@ -416,7 +416,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         early = {"warmup_epochs": _int(es.get("warmup_epochs", 1), "early_stopping.warmup_epochs", err, 0),
                  "startup_trials": _int(es.get("startup_trials", 5), "early_stopping.startup_trials", err, 0)}
 
-    sampler = dict(d.get("sampler") or {})
+    sampler = dict(_mapping(d.get("sampler") or {}, "sampler", err))
     bad = sorted(set(sampler) - {"kind", "seed", "startup_trials"})
     if bad:
         raise err(f"sampler.{bad[0]}", "unknown key (known: kind, seed, startup_trials)")
@@ -568,9 +568,15 @@ def _number(v: Any, f: str, err, lo: float | None = None, hi: float | None = Non
     return v
 
 
-def _int(v: Any, f: str, err, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise err(f, f"must be an integer >= {lo}, got {v!r}")
+def _mapping(v: Any, f: str, err) -> Mapping:
+    if not isinstance(v, Mapping):
+        raise err(f, f"must be a mapping, got {v!r}")
+    return v
+
+
+def _int(v: Any, f: str, err, lo: int, hi: int = 10**9) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise err(f, f"must be an integer in [{lo}, {hi}], got {v!r}")
     return v
 
 

@@ -60,6 +60,7 @@ import contextlib
 import json
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -90,9 +91,12 @@ HEARTBEAT_S = 10
 INFEASIBLE_PER_TRIAL = 20
 INFEASIBLE_SLACK = 100
 
-__all__ = ["STUDY_FORMAT", "Counts", "TrainingFailed", "counts", "create_study", "default_storage_url",
-           "load_study", "open_storage", "search", "seed_genomes", "storage_url", "summarize", "work",
-           "worker"]
+__all__ = ["STUDY_FORMAT", "Counts", "StorageLost", "TrainingFailed", "TrialTaken", "counts", "create_study",
+           "default_storage_url", "load_study", "open_storage", "retry_storage", "run_trial", "search",
+           "seed_genomes", "storage_url", "summarize", "work", "worker"]
+
+
+STORAGE_PATIENCE_S = 120.0  # how long a worker retries an unreachable storage before it gives up
 
 
 class TrainingFailed(Exception):
@@ -100,13 +104,61 @@ class TrainingFailed(Exception):
     on."""
 
 
+class TrialTaken(Exception):
+    """This worker's trial was settled by someone else meanwhile (its heartbeat went silent, e.g. the process
+    was paused, and another worker failed it and queued a retry): this worker drops it and moves on."""
+
+
+class StorageLost(UserError):
+    """The study's storage stayed unreachable past the worker's patience: one line saying how to resume."""
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable database raises through Optuna (a server restart, a network cut)."""
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ConnectionError)
+
+
+def retry_storage(call: Callable[[], Any], *, patience_s: float, log: Callable[[str], None],
+                  resume: str) -> Any:
+    """``call()``, retried with exponential backoff (0.5 s to 10 s) while the storage is unreachable; after
+    ``patience_s`` seconds a :class:`StorageLost` saying to run ``resume``."""
+    start, delay, warned = time.monotonic(), 0.5, False
+    while True:
+        try:
+            result = call()
+            if warned:
+                log(f"storage reachable again after {time.monotonic() - start:.0f} s")
+            return result
+        except storage_errors() as e:
+            cause = e.__cause__ or e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            waited = time.monotonic() - start
+            if waited >= patience_s:
+                raise StorageLost(f"the study storage was unreachable for {waited:.0f} s ({first[:160]}); "
+                                  f"once it is back, resume with: {resume}") from None
+            if not warned:
+                log(f"storage unreachable ({first[:160]}); retrying for up to {patience_s:.0f} s")
+                warned = True
+            time.sleep(min(delay, max(patience_s - waited, 0.05)))
+            delay = min(2 * delay, 10.0)
+
+
 # ---- storage ---------------------------------------------------------------------------------------------
 def default_storage_dir() -> Path:
     return output_dir("studies")
 
 
+def default_storage_path(name: str) -> Path:
+    """The study's own SQLite file; the study name is checked, so it cannot point anywhere else."""
+    from prune_nas.core.paths import slug
+
+    return default_storage_dir() / f"{slug(name, 'study name')}.db"
+
+
 def default_storage_url(name: str) -> str:
-    return f"sqlite:///{(default_storage_dir() / f'{name}.db').resolve()}"
+    return f"sqlite:///{default_storage_path(name).resolve()}"
 
 
 def redact(url: str) -> str:
@@ -122,7 +174,7 @@ def open_storage(url: str | None, name: str, *, create: bool = False, heartbeat:
     (default 3 x heartbeat) is failed and retried (up to :data:`MAX_RETRY` times)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url is None:
-        path = default_storage_dir() / f"{name}.db"
+        path = default_storage_path(name)
         if not create and not path.exists():
             raise UserError(f"no study {name!r} in {path} (start one with `prune-nas search`, or pass "
                             "--storage with the URL it was created with)")
@@ -401,6 +453,10 @@ class Evaluator:
             raise
         except TrainingFailed:
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialTaken(f"trial {trial.number}") from None
+        except storage_errors():  # the worker loop waits for the storage, then requeues the trial
+            raise
         except BaseException as e:  # Ctrl-C, SIGTERM, a user error: put the trial back before leaving
             _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
             raise
@@ -503,10 +559,10 @@ def _enqueue_replicates(trial: optuna.Trial, key: str, seeds: int) -> None:
             study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 
-def _requeue(trial: optuna.Trial, why: str) -> None:
+def _requeue(trial: optuna.Trial, why: str, strict: bool = False) -> None:
     """Put an interrupted trial back in the queue (same parameters and attributes), as the heartbeat retry
-    does for a killed worker's trial."""
-    with contextlib.suppress(Exception):
+    does for a killed worker's trial. ``strict``: let storage errors through (for a caller that retries)."""
+    with contextlib.suppress(*((optuna.exceptions.UpdateFinishedTrialError,) if strict else (Exception,))):
         trial.set_user_attr("interrupted", why[:300])
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         history = list(frozen.system_attrs.get("retry_history", [])) + [trial.number]
@@ -565,17 +621,102 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+@contextlib.contextmanager
+def _heartbeat(storage: optuna.storages.BaseStorage, trial_id: int):
+    """Beat for the trial while it runs. Unlike Optuna's own thread, a beat that fails (storage down) is
+    retried at the next interval instead of ending the thread with a traceback."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(storage):
+        yield
+        return
+    interval = float(storage.get_heartbeat_interval())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)  # a beat stuck on a dead connection must not hold the worker
+
+
+def run_trial(study: optuna.Study, evaluator: "Evaluator", *, patience_s: float, log: Callable[[str], None],
+              resume: str) -> None:
+    """Ask for one trial, evaluate it and tell the result, riding out what happens to workers:
+
+    * the trial was settled by another worker meanwhile (this one was paused past the heartbeat grace, and
+      the other failed it and queued a retry): drop it and move on, nothing is told twice;
+    * the storage goes away: retry with backoff for ``patience_s`` seconds; if it went away mid-trial, the
+      trial is failed and requeued once it is back (the retry reuses the stored run if training finished);
+      past the patience, :class:`StorageLost` says what to run to resume.
+    """
+    def again(call):
+        return retry_storage(call, patience_s=patience_s, log=log, resume=resume)
+
+    storage = study._storage
+    def ask() -> optuna.Trial:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize"
+            return study.ask()
+
+    trial = again(ask)
+    values, state = None, TrialState.COMPLETE
+    with _heartbeat(storage, trial._trial_id):
+        try:
+            values = evaluator(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except TrainingFailed:
+            state = TrialState.FAIL
+        except TrialTaken:
+            log(f"trial {trial.number} was settled by another worker while this one was away; moving on")
+            return
+        except storage_errors():
+            log(f"trial {trial.number}: the storage went away mid-trial; it is requeued once it is back")
+            frozen = again(lambda: storage.get_trial(trial._trial_id))
+            if frozen.state == TrialState.RUNNING:
+                again(lambda: _requeue(trial, "storage unreachable", strict=True))
+                again(lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
+            return
+        except BaseException:
+            with contextlib.suppress(Exception):  # already requeued by the evaluator
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+    frozen = again(lambda: storage.get_trial(trial._trial_id))
+    if frozen.state != TrialState.RUNNING:
+        log(f"trial {trial.number} was settled by another worker while this one was away; moving on")
+        return
+    again(lambda: study.tell(trial, values if state == TrialState.COMPLETE else None, state=state,
+                             skip_if_finished=True))
+
+
 def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=None, device: str = "cpu",
          progress: bool = False, log: Callable[[str], None] = print, poll_s: float | None = None,
-         data_dir=None, download: bool = False, max_infeasible: int | None = None) -> int:
+         data_dir=None, download: bool = False, max_infeasible: int | None = None,
+         patience_s: float = STORAGE_PATIENCE_S, resume: str | None = None) -> int:
     """Run trials until the study has ``trials`` settled ones (default: the target stored in the study) and
     none waiting or running; returns how many trials this worker ran. While others run the last trials it
     waits, failing and retrying any whose worker died, so no trial is lost. It stops early once
     ``max_infeasible`` candidates were infeasible (default: :data:`INFEASIBLE_PER_TRIAL` per trial plus
-    :data:`INFEASIBLE_SLACK`)."""
+    :data:`INFEASIBLE_SLACK`). An unreachable storage is retried for ``patience_s`` seconds (see
+    :func:`run_trial`); then :class:`StorageLost` tells the user to run ``resume`` (default: a
+    ``prune-nas worker`` command for this study)."""
     from prune_nas.training.store import Store
 
-    target = int(trials if trials is not None else study.user_attrs.get("trials", 0))
+    resume = resume or f"prune-nas worker --study {study.study_name}"
+
+    def again(call):
+        return retry_storage(call, patience_s=patience_s, log=log, resume=resume)
+
+    target = int(trials if trials is not None else again(lambda: study.user_attrs).get("trials", 0))
     store = store if isinstance(store, Store) else Store(store)
     evaluator = Evaluator(space, store, device=device, progress=progress, log=log, data_dir=data_dir,
                           download=download)
@@ -589,8 +730,8 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
         max_infeasible = INFEASIBLE_PER_TRIAL * max(target, 1) + INFEASIBLE_SLACK
     waited = False
     while True:
-        _fail_stale(study)
-        c = counts(study.get_trials(deepcopy=False))
+        again(lambda: _fail_stale(study))
+        c = counts(again(lambda: study.get_trials(deepcopy=False)))
         if c.waiting == 0 and c.settled + c.running >= target:
             if c.running == 0:
                 break
@@ -604,7 +745,7 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
                 "constraint")
             break
         waited = False
-        study.optimize(evaluator, n_trials=1, catch=(TrainingFailed,))
+        run_trial(study, evaluator, patience_s=patience_s, log=log, resume=resume)
     return len(evaluator.ran)
 
 
@@ -615,10 +756,35 @@ def search(space: Space, *, trials: int, storage: str | None = None, study_name:
     settled, and return :func:`summarize`'s summary."""
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
-    study = create_study(space, storage, trials=trials, study_name=study_name, heartbeat=heartbeat,
-                         grace=grace, log=log)
-    work(study, space, trials=trials, store=store, device=device, progress=progress, log=log, **kw)
-    return summarize(study)
+    name = study_name or space.name
+    own_file = default_storage_path(name) if storage is None else None
+    fresh = own_file is not None and not own_file.exists()
+    try:
+        study = create_study(space, storage, trials=trials, study_name=study_name, heartbeat=heartbeat,
+                             grace=grace, log=log)
+        resume = f"prune-nas worker --study {name}" + (f" --storage {redact(storage)}" if storage else "")
+        work(study, space, trials=trials, store=store, device=device, progress=progress, log=log,
+             resume=resume, **kw)
+        return retry_storage(lambda: summarize(study), patience_s=kw.get("patience_s", STORAGE_PATIENCE_S),
+                             log=log, resume=f"prune-nas results {name}"
+                             + (f" --storage {redact(storage)}" if storage else ""))
+    except BaseException:
+        if fresh:
+            _remove_if_empty(own_file, name)
+        raise
+
+
+def _remove_if_empty(path: Path, name: str) -> None:
+    """Delete a study database this command created when the study never got a trial (a search that failed
+    before its first trial would otherwise leave an empty study that only confuses ``results``)."""
+    with contextlib.suppress(Exception):
+        st = open_storage(f"sqlite:///{path.resolve()}", name)
+        summaries = optuna.get_all_study_summaries(st, include_best_trial=False)
+        if all(s.n_trials == 0 for s in summaries):
+            st.engine.dispose()
+            for p in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+                      path.with_name(path.name + "-shm")):
+                p.unlink(missing_ok=True)
 
 
 def worker(study_name: str, *, storage: str | None = None, trials: int | None = None, store=None,
@@ -630,8 +796,11 @@ def worker(study_name: str, *, storage: str | None = None, trials: int | None = 
                               sampler_seed=sampler_seed)
     if trials is not None and trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
-    work(study, space, trials=trials, store=store, device=device, progress=progress, log=log, **kw)
-    return summarize(study)
+    resume = f"prune-nas worker --study {study_name}" + (f" --storage {redact(storage)}" if storage else "")
+    work(study, space, trials=trials, store=store, device=device, progress=progress, log=log, resume=resume,
+         **kw)
+    return retry_storage(lambda: summarize(study), patience_s=kw.get("patience_s", STORAGE_PATIENCE_S),
+                         log=log, resume=resume)
 
 
 # ---- results ---------------------------------------------------------------------------------------------

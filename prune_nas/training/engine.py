@@ -60,6 +60,20 @@ class ForeachSGD:
     def set_lr(self, lr: float) -> None:
         self.lr.fill_(lr)
 
+    def state_dict(self) -> dict:
+        """Momentum buffers (on the CPU), for a checkpoint."""
+        return {"bufs": [b.detach().cpu() for b in self.bufs]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Momentum buffers from :meth:`state_dict`, copied in place (a captured CUDA graph keeps its
+        addresses)."""
+        bufs = state["bufs"]
+        if len(bufs) != len(self.bufs) or any(a.shape != b.shape for a, b in zip(bufs, self.bufs)):
+            raise ValueError("momentum buffers do not fit the model")
+        for dst, src in zip(self.bufs, bufs):
+            dst.copy_(src)
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
@@ -140,6 +154,13 @@ class _Step:
 
     def release(self) -> None:
         """Free what the step holds beyond the model (the fast engine's CUDA graph)."""
+
+    def state_dict(self) -> dict:
+        """The optimizer's state (momentum), for a checkpoint; the lr is set per epoch from the protocol."""
+        return {"optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
 
 
 class EagerStep(_Step):

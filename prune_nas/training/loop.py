@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -55,16 +56,70 @@ class TrainHistory:
 def _hooks(callbacks: Sequence[Any], name: str) -> list:
     return [getattr(cb, name) for cb in callbacks if callable(getattr(cb, name, None))]
 
+
+@dataclass
+class Checkpoint:
+    """Where :func:`train_model` keeps a run's full state so a killed run resumes where it stopped.
+
+    Written atomically at the end of an epoch when ``every_s`` seconds have passed since the last one (0:
+    every epoch): model, optimizer (momentum), epoch, curve so far, and every RNG the loop draws from (the
+    CPU generator that shuffles and augments, the global torch RNG, CUDA's). ``tag`` (the run key) must
+    match for a checkpoint to be used, so a file never resumes a different run. The caller deletes the file
+    once the run's record is written."""
+
+    path: Path
+    tag: str
+    every_s: float = 120.0
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none (or it is unreadable or another run's)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged checkpoint is only a lost head start: train from the beginning
+            return None
+        return state if isinstance(state, dict) and state.get("tag") == self.tag else None
+
+    def save(self, state: dict) -> None:
+        from prune_nas.core.atomic import atomic_write
+
+        atomic_write(self.path, lambda tmp: torch.save({**state, "tag": self.tag}, tmp), ".pt")
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict:
+    out = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> None:
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _callback_states(callbacks: Sequence[Any]) -> list:
+    return [cb.state_dict() if callable(getattr(cb, "state_dict", None)) else None for cb in callbacks]
+
 def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed: int,
                 device: str | torch.device = "cpu", callbacks: Iterable[Any] = (), progress: bool = True,
-                desc: str = "", evaluate: bool = True, engine: Any = "eager") -> TrainHistory:
+                desc: str = "", evaluate: bool = True, engine: Any = "eager",
+                checkpoint: Checkpoint | None = None) -> TrainHistory:
     """Train ``model`` in place with SGD under ``protocol`` and return its per-epoch history.
 
     ``seed`` drives shuffling, crop offsets and flips (one CPU generator) and the global torch RNG (dropout);
     model initialisation is the caller's. A non-finite training loss ends the run with ``status="failed"``
     and the reason; the model is left as it was at that point. ``engine`` is ``"eager"`` (plain PyTorch) or
     ``"fast"`` (device-resident epochs, bf16 + channels_last + one CUDA graph per step on CUDA): see
-    ``prune_nas.training.engine``; both run this same loop.
+    ``prune_nas.training.engine``; both run this same loop. With a ``checkpoint``, the run starts from the
+    state saved there (if any) and saves its state as it goes: on CPU a resumed run ends exactly where an
+    uninterrupted one does.
 
     >>> from prune_nas.core.builder import build
     >>> from prune_nas.core.genome import base_genome
@@ -87,12 +142,24 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     gen = torch.Generator().manual_seed(seed)
     step = make_step(model, protocol, device, engine, callbacks)
     history = TrainHistory()
+    first_epoch, earlier_s = 0, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        step.load_state_dict(saved["step"])
+        for cb, cb_state in zip(callbacks, saved.get("callbacks", [])):
+            if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(cb_state)
+        _set_rng_state(saved["rng"], gen, device)
+        first_epoch, earlier_s = int(saved["epoch"]), float(saved.get("wall_time_s", 0.0))
+        history.curve = list(saved["curve"])
     steps = step.steps_per_epoch(dataset, protocol.batch_size)
-    bar = tqdm(total=protocol.epochs * steps, desc=desc or "train", unit="step", leave=False,
-               disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(total=protocol.epochs * steps, initial=first_epoch * steps, desc=desc or "train", unit="step",
+               leave=False, disable=None if progress else True, dynamic_ncols=True)
     start = time.perf_counter()
+    last_save = start
     try:
-        for epoch in range(protocol.epochs):
+        for epoch in range(first_epoch, protocol.epochs):
             lr = protocol.lr_at(epoch)
             step.set_lr(lr)
             bar.set_description(f"{desc + ' ' if desc else ''}epoch {epoch + 1}/{protocol.epochs}")
@@ -122,10 +189,18 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                             test=f"{entry.get('test_top1', float('nan')):.3f}")
             for fn in on_epoch_end:
                 fn(model, epoch, entry)
+            now = time.perf_counter()
+            last_epoch = epoch + 1 == protocol.epochs  # the record follows at once: no checkpoint needed
+            if checkpoint is not None and not last_epoch and now - last_save >= checkpoint.every_s:
+                checkpoint.save({"model": model.state_dict(), "step": step.state_dict(), "epoch": epoch + 1,
+                                 "curve": history.curve, "rng": _rng_state(gen, device),
+                                 "callbacks": _callback_states(callbacks),
+                                 "wall_time_s": earlier_s + now - start})
+                last_save = time.perf_counter()
     finally:
         bar.close()
         step.release()  # a CUDA graph holds a private memory pool: free it before the next candidate
-        history.wall_time_s = round(time.perf_counter() - start, 3)
+        history.wall_time_s = round(earlier_s + time.perf_counter() - start, 3)
     return history
 
 

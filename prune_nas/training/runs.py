@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prune_nas.training.data import Dataset
-from prune_nas.training.loop import _device_name, train_model
+from prune_nas.training.loop import Checkpoint, _device_name, train_model
 from prune_nas.training.protocol import Budget, Protocol
 
 if TYPE_CHECKING:
@@ -91,27 +91,72 @@ class RunSpec:
         return d
 
 
+def tensors_sha256(state: dict) -> str:
+    """SHA-256 of a state dict's content (names, dtypes, shapes, values), not of the file holding it: a
+    ``torch.save`` zip embeds the name it was first written under, so identical weights saved twice hash
+    differently as files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_CONTENT_SHA: dict[tuple, str] = {}  # (path, size, mtime) -> tensors_sha256: RunSpec.key asks often
+
+
+def load_weights(path: "Path") -> dict:
+    """A weights file a user or a genome names (a checked regular file, tensors only), or a UserError."""
+    from prune_nas.core.errors import UserError
+    from prune_nas.core.userfiles import checked_file
+
+    checked_file(path, "inherited weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, damaged, or holding more than tensors
+        raise UserError(f"cannot read inherited weights {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"inherited weights {path} are not a state dict of tensors")
+    return state
+
+
 def inherited_weights(genome: "Genome", field: str = "weights") -> tuple["Path", str]:
-    """Path and SHA-256 of the inherited weights a genome names in ``provenance["weights"]`` (or of the
-    winning-ticket initialisation in ``provenance["ticket"]``, with ``field="ticket"``)."""
+    """Path and content hash (:func:`tensors_sha256`) of the inherited weights a genome names in
+    ``provenance["weights"]`` (or of the winning-ticket initialisation in ``provenance["ticket"]``, with
+    ``field="ticket"``). The recorded ``sha256`` may be the content hash or, in genomes written before content
+    hashing, the file's."""
     from pathlib import Path
 
     from prune_nas.core.errors import UserError
     from prune_nas.core.masks import file_sha256
+    from prune_nas.core.userfiles import checked_file
 
     what = "inherited weights" if field == "weights" else "winning-ticket weights"
     ref = ticket_record(genome) if field == "ticket" else genome.provenance.get(field)
     if not ref:
         raise UserError(f"genome {genome.name or genome.key} names no inherited weights "
                         "(provenance.weights); fine-tuning needs the pruning method's output")
-    file, sha = (ref["file"], ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
-    path = (genome.source_dir or Path.cwd()) / file
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    actual = file_sha256(path)
-    if sha is not None and sha != actual:
+    file, sha = (ref.get("file"), ref.get("sha256")) if isinstance(ref, dict) else (str(ref), None)
+    if not isinstance(file, str) or not file:
+        raise UserError(f"genome {genome.name or genome.key}: provenance.{field}.file must be a file name")
+    path = checked_file((genome.source_dir or Path.cwd()) / file, what)
+    st = path.stat()
+    cache = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if cache not in _CONTENT_SHA:
+        try:
+            _CONTENT_SHA[cache] = tensors_sha256(load_weights(path))
+        except UserError as e:
+            if sha is not None:  # the file the genome recorded was replaced by something else
+                raise UserError(f"{what} {path} do not match the sha256 recorded in the genome "
+                                f"({e})") from None
+            raise
+    content = _CONTENT_SHA[cache]
+    if sha is not None and sha != content and sha != file_sha256(path):
         raise UserError(f"{what} {path} do not match the sha256 recorded in the genome")
-    return path, actual
+    return path, content
 
 
 def ticket_record(genome: "Genome") -> dict:
@@ -130,11 +175,10 @@ def attach_weights(genome: "Genome", state_dict: dict, path: "Path") -> "Genome"
     """Save inherited weights next to a genome file and return the genome naming them (file + sha256).
     ``path`` is the .pt file; the genome should be saved in the same folder."""
     from prune_nas.core.atomic import atomic_write
-    from prune_nas.core.masks import file_sha256
 
     cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: torch.save(cpu, tmp), ".pt")
-    weights = {"file": path.name, "sha256": file_sha256(path)}
+    weights = {"file": path.name, "sha256": tensors_sha256(cpu)}
     return genome.replace(provenance={**genome.provenance, "weights": weights}, source_dir=path.parent)
 
 
@@ -149,7 +193,7 @@ def init_model(spec: RunSpec) -> nn.Module:
         from prune_nas.core.errors import UserError
 
         path, _ = inherited_weights(spec.genome, "ticket" if spec.init == "winning_ticket" else "weights")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("weight_mask")]  # masks come from the genome
         if missing or unexpected:
@@ -165,7 +209,7 @@ def init_model(spec: RunSpec) -> nn.Module:
 def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", progress: bool = True,
         dataset: Dataset | None = None, data_dir: Any = None, download: bool = False,
         retry_failed: bool = False, save_weights: bool = False, desc: str = "",
-        callbacks: Iterable[Any] = (), engine: Any = "eager") -> dict:
+        callbacks: Iterable[Any] = (), engine: Any = "eager", checkpoint_every_s: float = 120.0) -> dict:
     """Train ``spec`` and store its record, or return the stored record when the spec already ran.
 
     A failed run (non-finite loss) is stored too and reused like a finished one unless ``retry_failed``.
@@ -176,6 +220,10 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     On CPU the same spec, seed and thread count reproduce the record's curve and accuracy exactly (the record
     notes ``threads``: the reduction order inside conv kernels follows the thread count); CUDA runs are close
     but not bit-identical (cuDNN picks non-deterministic kernels).
+
+    A run killed mid-way (Ctrl-C, SIGKILL, a lost machine) resumes from its checkpoint (written every
+    ``checkpoint_every_s`` seconds, at an epoch's end) when the same spec runs again; on CPU the resumed
+    run's record equals an uninterrupted one's (but ``wall_time_s``).
     """
     from prune_nas.core.cost import count
     from prune_nas.core.errors import UserError
@@ -195,8 +243,11 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
                         f"{dataset.num_classes}")
     protocol = spec.effective_protocol()
     model = init_model(spec)
+    # A killed run resumes from its checkpoint when the same spec is asked for again.
+    checkpoint = Checkpoint(store.checkpoint_path(key), key, checkpoint_every_s)
     history = train_model(model, dataset, protocol, seed=spec.seed, device=device, progress=progress,
-                          desc=desc or (g.name or g.key), callbacks=callbacks, engine=engine)
+                          desc=desc or (g.name or g.key), callbacks=callbacks, engine=engine,
+                          checkpoint=checkpoint)
     cost = count(g)
     summary = history.summary()
     if dataset.num_classes <= 10:
@@ -214,6 +265,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
         record["weights"] = path.name
     store.put(record)
+    checkpoint.delete()
     return record
 
 

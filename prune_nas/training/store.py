@@ -4,6 +4,7 @@ Layout under the root (``$PRUNE_NAS_HOME/store``, else ``artifacts/store`` relat
 
     runs/<key>.json      the record: spec, effective protocol, curve, accuracy, cost, versions, device
     weights/<key>.pt     final weights, only when asked for (``--save-weights``)
+    checkpoints/<key>.pt a run's full state while it trains (a killed run resumes from it), then deleted
 
 Records are written atomically (temp file + rename), so a reader never sees half a record and an interrupted
 run leaves nothing behind; a finished key is reused instead of trained again.
@@ -44,6 +45,10 @@ class Store:
 
     def weights_path(self, key: str) -> Path:
         return self.root / "weights" / f"{key}.pt"
+
+    def checkpoint_path(self, key: str) -> Path:
+        """A run's checkpoint while it trains; deleted once its record is written."""
+        return self.root / "checkpoints" / f"{key}.pt"
 
     def __contains__(self, key: str) -> bool:
         return self.path_for(key).exists()

@@ -28,6 +28,8 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    if not isinstance(name, str):  # from a user's file: a list or a number is not a model name
+        raise UserError(f"a model name must be a string, got {name!r}")
     try:
         return MODELS[name]
     except KeyError:
