@@ -225,3 +225,26 @@ def test_spec_runs_at_smoke_scale(name, tmp_path):
     assert files[0].name == "report.md" and all(f.exists() for f in files)
     pngs = [f for f in files if f.suffix == ".png"]
     assert pngs and all(f.stat().st_size > 10_000 for f in pngs)
+
+
+def test_comparison_baselines_are_counted_and_matched_to_the_seeds_pruned_genome():
+    """The runner's comparison baselines (what `prune-nas evaluate` adds to a row): one run per seed each, at
+    the pruned genome's params or FLOPs."""
+    from dataclasses import replace
+
+    from prune_nas.core.cost import count
+    from prune_nas.methods.baselines import uniform_genome
+    from prune_nas.repro.experiments import BASELINES, matched_baseline, runs_of
+
+    plan = load_spec(ROOT / "experiments" / "table4_slimming.yaml").plan("smoke")
+    row = replace(plan.rows[0], baselines=BASELINES)
+    assert runs_of("comparison", row) == runs_of("comparison", plan.rows[0]) + len(BASELINES) * len(row.seeds)
+    base = row.base_genome()
+    pruned = uniform_genome(base, 0.4).replace(widths={**uniform_genome(base, 0.4).widths, "conv1": 2})
+    for kind in BASELINES:
+        metric = kind.split("-")[1]
+        g0, g1 = matched_baseline(kind, base, pruned, 0), matched_baseline(kind, base, pruned, 1)
+        assert g0.name.endswith(f"{kind}-s0")
+        target = getattr(count(pruned), metric)
+        assert abs(getattr(count(g0), metric) - target) / target < 0.05
+        assert (g0.widths != g1.widths) == kind.startswith("random")  # one random draw per seed
