@@ -239,12 +239,13 @@ def test_comparison_baselines_are_counted_and_matched_to_the_seeds_pruned_genome
     plan = load_spec(ROOT / "experiments" / "table4_slimming.yaml").plan("smoke")
     row = replace(plan.rows[0], baselines=BASELINES)
     assert runs_of("comparison", row) == runs_of("comparison", plan.rows[0]) + len(BASELINES) * len(row.seeds)
+    assert runs_of("comparison", replace(row, prune_once=True)) == runs_of("comparison", row) - len(row.seeds) + 1
     base = row.base_genome()
     pruned = uniform_genome(base, 0.4).replace(widths={**uniform_genome(base, 0.4).widths, "conv1": 2})
     for kind in BASELINES:
         metric = kind.split("-")[1]
         g0, g1 = matched_baseline(kind, base, pruned, 0), matched_baseline(kind, base, pruned, 1)
-        assert g0.name.endswith(f"{kind}-s0")
+        assert g0.name.endswith(f"{kind}-s0" if kind.startswith("random") else kind)
         target = getattr(count(pruned), metric)
         assert abs(getattr(count(g0), metric) - target) / target < 0.05
         assert (g0.widths != g1.widths) == kind.startswith("random")  # one random draw per seed

@@ -4,11 +4,12 @@ For a method M on model X / dataset D at ratio r, with N seeds, :func:`evaluate`
 ``comparison`` experiment in memory and runs it through the experiments runner
 (``prune_nas.repro.experiments.run_experiment``): one pipeline, one reuse rule, one manifest.
 
-* **Pruning is per seed**, as in ``prune-nas run``: seed s trains (or reuses) its own large model and prunes it
-  with the method's seed s, so the fine-tuned and scratch rows of seed s start from that seed's pruned genome
-  and the spread over seeds includes the pruning's. (Before this was one pipeline, evaluate pruned once, with
-  seed 0.) A pruned genome is reused when its file and the ``<name>.run.json`` beside it, which records the
-  hash of the settings it was pruned with, match; the large models come from the store's cache.
+* **Pruning happens once**, with seed 0 (the runner's ``prune_once`` comparison rows): the method trains (or
+  reuses) its large model and prunes it; every seed of every row then trains that one genome, so the spread
+  over seeds is the training's, and the rows compare ways of training the architecture the method found.
+  (``prune-nas run`` specs prune per seed.) The pruned genome is reused when its file and the
+  ``<name>.run.json`` beside it, which records the hash of the settings it was pruned with, match; the large
+  model comes from the store's cache.
 * every row trains N seeds through ``prune_nas.training.runs.run``, so each run is stored under its spec's
   hash and reused:
 
@@ -18,7 +19,7 @@ For a method M on model X / dataset D at ratio r, with N seeds, :func:`evaluate`
   fine-tuned      the pruned model from its inherited weights, ``Protocol.finetune`` (lr 0.001; 40 of 160)
   Scratch-E       the pruned architecture from scratch, the base epochs
   Scratch-B       the pruned architecture from scratch, the large model's training FLOPs
-  uniform (params) every layer at one kept fraction, params matched to the seed's pruned genome, Scratch-B
+  uniform (params) every layer at one kept fraction, params matched to the pruned genome, Scratch-B
   uniform (FLOPs)  the same with FLOPs matched, Scratch-B
   random (params)  random per-layer fractions (one draw per seed), scaled to the same params, Scratch-B
   ============== ===================================================================================
@@ -358,7 +359,7 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
         plan = parse_spec(raw).plan(SCALE)
     except UserError as e:  # name the option, not the in-memory spec's field
         raise UserError(_as_option(str(e))) from None
-    plan = replace(plan, rows=tuple(replace(r, baselines=BASELINES) for r in plan.rows))
+    plan = replace(plan, rows=tuple(replace(r, baselines=BASELINES, prune_once=True) for r in plan.rows))
     (planned,) = plan.rows
     base = planned.base_genome()
     name = f"{run_name(model, width, dataset, m.name, full, None, epochs=protocol.epochs, input_size=size)}" \
@@ -389,30 +390,27 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     rows[ROWS.index("random (params)")].note = "one random architecture per seed"
     by = {r.label: r for r in rows}
     tests = [welch(a, by[a].values, b, by[b].values) for a, b in COMPARISONS]
-    prunes = [e for e in runs if e["role"] == "prune"]
-    p_params = statistics.fmean(e["params"] for e in prunes)
-    p_flops = statistics.fmean(e["flops"] for e in prunes)
-    b_params, b_flops = prunes[0]["base_params"], prunes[0]["base_flops"]
-    ratio_shown = prunes[0].get("ratio")
+    (pruned,) = (e for e in runs if e["role"] == "prune")
+    ratio_shown = pruned.get("ratio")
     at = f", ratio {ratio_shown:g}" if ratio_shown is not None else ""
     base_name = f"{model}-x{width:g}" if width != 1 else model
-    title = (f"{m.name} on {base_name} / {dataset}{at}: {p_params / b_params:.1%} of the params, "
-             f"{p_flops / b_flops:.1%} of the FLOPs, {seeds} seeds")
-    files = [str(genomes / f"{e['genome']}.json") for e in prunes]
-    notes = [(f"Pruned genomes: one per seed, each from its own large model (seeds 0..{seeds - 1}): "
-              f"{', '.join(Path(f).name for f in files)} in {genomes}.")]
-    large = [e["large"]["test_top1"] for e in prunes if (e.get("large") or {}).get("test_top1") is not None]
-    if large and not all((e.get("large") or {}).get("plain") for e in prunes):
-        notes.append(f"The large models {m.name} pruned reached {100 * statistics.fmean(large):.2f}% on average "
-                     f"(trained with the method's regularizer); `unpruned` is the large model trained plainly.")
+    title = (f"{m.name} on {base_name} / {dataset}{at}: {pruned['params'] / pruned['base_params']:.1%} of the "
+             f"params, {pruned['flops'] / pruned['base_flops']:.1%} of the FLOPs, {seeds} seeds")
+    path = genomes / f"{pruned['genome']}.json"
+    notes = [(f"Pruned genome: {pruned['genome']} ({path}), found once (seed 0); each row trains seeds "
+              f"0..{seeds - 1}.")]
+    large = pruned.get("large") or {}
+    if large.get("test_top1") is not None and not large.get("plain"):
+        notes.append(f"The large model {m.name} pruned reached {100 * large['test_top1']:.2f}% (trained with the "
+                     f"method's regularizer); `unpruned` is the large model trained plainly.")
     ratio_b = "FLOPs(large) / FLOPs(genome)"
     ratio_b = f"min({planned.cap:g}, {ratio_b})" if planned.cap else ratio_b
     notes.append(f"Epochs: Scratch-E {protocol.epochs} (the large model's), fine-tune {ft_epochs} at lr "
                  f"{planned.finetune_protocol().lr:g}; Scratch-B = int({protocol.epochs} x {ratio_b}).")
     meta = {"command": command or "prune_nas.repro.evaluate.evaluate(...)", "method": m.name, "model": base.model,
             "width": width, "dataset": dataset, "ratio": ratio_shown, "seeds": seeds,
-            "epochs": protocol.epochs, "finetune_epochs": ft_epochs, "genomes": files,
-            "genome_keys": [e["genome_key"] for e in prunes], "manifest": str(folder / "manifest.json"),
+            "epochs": protocol.epochs, "finetune_epochs": ft_epochs, "genome": str(path),
+            "genome_key": pruned["genome_key"], "manifest": str(folder / "manifest.json"),
             "store": str(store.root), "device": _device_name(device), "threads": torch.get_num_threads(),
             "prune_nas": __version__,
             "torch": torch.__version__, "scipy": scipy.__version__,
@@ -429,10 +427,8 @@ def _row(label: str, budget: str, entries: list[dict]) -> Row:
     entries = sorted(entries, key=lambda e: e["seed"])
     keys = list(dict.fromkeys(e.get("genome_key") or "" for e in entries))
     names = list(dict.fromkeys(e.get("genome") or "" for e in entries))
-    genome = names[0] if len(names) == 1 else f"{_unseeded(names[0], entries[0]['seed'])} (1 per seed)"
-    row = Row(label, genome, ";".join(keys), round(statistics.fmean(e.get("params") or 0 for e in entries))
-              if entries else 0, round(statistics.fmean(e.get("flops") or 0 for e in entries)) if entries else 0,
-              budget)
+    genome = names[0] if len(keys) == 1 else f"{_unseeded(names[0], entries[0]['seed'])} (1 per seed)"
+    row = Row(label, genome, ";".join(keys), _mean_count(entries, "params"), _mean_count(entries, "flops"), budget)
     for e in entries:
         row.runs += 1
         row.run_keys.append(e["key"])
@@ -443,6 +439,11 @@ def _row(label: str, budget: str, entries: list[dict]) -> Row:
         else:
             row.values.append(float(e["final_top1"]))
     return row
+
+
+def _mean_count(entries: list[dict], what: str) -> int:
+    """Mean params / FLOPs of a row's runs (one architecture per seed for random rows)."""
+    return round(statistics.fmean(e.get(what) or 0 for e in entries)) if entries else 0
 
 
 def _unseeded(name: str, seed: int) -> str:

@@ -144,6 +144,7 @@ class Row:
     source: tuple[str, str] | None = None  # (model, dataset) of a transferred pattern
     reported: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ()  # comparison: any of BASELINES (set in code, e.g. by evaluate)
+    prune_once: bool = False  # comparison: prune with the first seed only; every seed trains that genome
 
     @property
     def ratio(self) -> float | None:
@@ -206,7 +207,8 @@ def runs_of(kind: str, row: Row) -> int:
     """Units of work a row expands into (each a pruning run or a training run), for the progress bar."""
     n = len(row.seeds)
     if kind == "comparison":
-        return n * (2 + len(row.budgets) + len(row.baselines))  # prune, unpruned, budgets, baselines
+        prunes = 1 if row.prune_once else n
+        return prunes + n * (1 + len(row.budgets) + len(row.baselines))  # unpruned, budgets, baselines
     if kind in ("widths", "kernels"):
         return n
     per_ratio = n * (1 + len(row.series))  # prune, then one training per series
@@ -765,12 +767,13 @@ def _run_comparison(ctx: _Context, row: Row) -> None:
 
     base = row.base_genome()
     plain = regularizer(get_method(row.method), base, dict(row.params)) is None
+    once = prune(ctx, row, row.seeds[0]) if row.prune_once else None
     for seed in row.seeds:
-        p = prune(ctx, row, seed)
+        p = once or prune(ctx, row, seed)
         genome = p["_genome"]
         large = p.get("large") or {}
-        if plain and large.get("test_top1") is not None:
-            # The large model was trained plainly under the row's protocol: it is the unpruned model.
+        if plain and large.get("test_top1") is not None and p["seed"] == seed:
+            # The large model was trained plainly under the row's protocol and this seed: it is the unpruned model.
             ctx.step({"role": "unpruned", "row": row.index, "seed": seed, "genome": base.name or row.model,
                       "genome_key": base.key, "key": large.get("key"), "store": "large", "status": "ok", "final_top1": large["test_top1"],
                       "epochs": large.get("epochs"), "params": p["base_params"], "flops": p["base_flops"],
@@ -791,8 +794,9 @@ def matched_baseline(kind: str, base, pruned, seed: int):
     from prune_nas.methods.baselines import random_matched, uniform_matched
 
     what, metric = kind.split("-")
-    g = uniform_matched(base, pruned, metric) if what == "uniform" else random_matched(base, pruned, seed, metric)
-    return g.replace(name=f"{base.name or base.model}-{kind}-s{seed}")
+    if what == "uniform":  # one architecture for every seed
+        return uniform_matched(base, pruned, metric).replace(name=f"{base.name or base.model}-{kind}")
+    return random_matched(base, pruned, seed, metric).replace(name=f"{base.name or base.model}-{kind}-s{seed}")
 
 
 def _run_patterns(ctx: _Context, row: Row) -> None:
