@@ -56,7 +56,9 @@ Kinds, and the runs each row expands into (per seed):
 
 * ``comparison`` (Tables 1-6): prune (train the large model, or reuse it, then prune), the unpruned model
   (the large model itself when the method trains it plainly, else a plain training of it), then fine-tune
-  the inherited weights, Scratch-E and Scratch-B of the pruned architecture.
+  the inherited weights, Scratch-E and Scratch-B of the pruned architecture. Rows built in code may also set
+  ``baselines`` (uniform pruning at the pruned genome's params / FLOPs, a random architecture at its params,
+  each Scratch-B) and ``prune_once`` (prune with the first seed only): ``prune-nas evaluate`` is such a row.
 * ``widths`` (Table 8): prune; then mine the kept widths per layer (``prune_nas.design.mining``).
 * ``kernels`` (Figure 4): prune with a non-structured method; then mine the 3x3 kernel keep maps.
 * ``efficiency`` (Figure 3): per ratio, prune, train the pruned architecture from scratch, and train uniform
