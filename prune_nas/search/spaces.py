@@ -409,9 +409,13 @@ _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusive
 
 
 def _field(path) -> str:
-    """``["uniform", 0]`` -> ``uniform[0]``; ``["budget", "kind"]`` -> ``budget.kind``."""
+    """``["uniform", 0]`` -> ``uniform[0]``; ``["budget", "kind"]`` -> ``budget.kind``; a key that is not a
+    plain name (a user's, e.g. with a newline) is quoted, so the message stays one line."""
+    import re
+
     out = ""
     for p in path:
+        p = p if isinstance(p, int) or re.fullmatch(r"[\w*.-]+", str(p), re.ASCII) else repr(p)
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out
 
