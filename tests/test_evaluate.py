@@ -14,7 +14,7 @@ from scipy import stats
 from prune_nas.cli import main
 from prune_nas.core.cost import count
 from prune_nas.core.genome import base_genome
-from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
+from prune_nas.methods.baselines import random_matched, uniform_genome, uniform_matched, uniform_sparsity_genome
 from prune_nas.repro.evaluate import (
     BASELINE_ROW,
     ROWS,
@@ -22,8 +22,6 @@ from prune_nas.repro.evaluate import (
     Comparison,
     Row,
     evaluate,
-    random_matched,
-    uniform_matched,
     welch,
 )
 
@@ -182,25 +180,23 @@ def test_second_evaluate_reuses_every_run(table):
     assert [r.values for r in comp2.rows] == [r.values for r in comp.rows]
 
 
-def test_a_genome_pruned_from_another_large_model_is_not_reused(table):
-    """E.g. one pruned before slimming's default s followed the schedule: its large model's key differs."""
-    from prune_nas.repro.evaluate import _discovered
-
-    _, _, _, _, home = table
-    kw = {k: v for k, v in TINY.items() if k not in ("seeds", "finetune_epochs")}
-    kw.update(model=None, params=None, device="cpu", data_dir=None, download=False, genome_dir=home / "genomes",
-              store_root=home / "store", progress=False)
+def test_a_genome_pruned_with_other_settings_is_not_reused(table):
+    """The runner's one reuse rule: a genome file is reused only when the settings hash in the ``.run.json``
+    beside it matches; otherwise it is pruned again (from the cached large model, not retrained)."""
+    comp, _, _, _, home = table
+    side = sorted((home / "genomes").glob("*-s0-*.run.json"))
+    assert len(side) == 1
+    info = json.loads(side[0].read_text())
+    info["key"] = "0" * 16
+    side[0].write_text(json.dumps(info))
     lines: list[str] = []
-    genome, _, _, path, _ = _discovered("slimming", log=lines.append, **kw)
-    assert lines == [f"reusing the discovered genome {path}"]
-    d = json.loads(path.read_text())
-    d["provenance"]["pruned_from"]["large_model"]["key"] = "0" * 16
-    path.write_text(json.dumps(d))
-    lines.clear()
-    again, _, _, _, _ = _discovered("slimming", log=lines.append, **kw)
+    again = evaluate("slimming", genome_dir=home / "genomes", store=home / "store", out_dir=home / "again",
+                     log=lines.append, command="test", **TINY)
     assert not any("reusing the discovered genome" in line for line in lines)
     assert any(line.startswith("reusing the trained large model") for line in lines)  # pruned again, not trained
-    assert again.key == genome.key
+    assert json.loads(side[0].read_text())["key"] != "0" * 16
+    assert again.row("Scratch-B").genome_key == comp.row("Scratch-B").genome_key  # the same genomes
+    assert [r.values for r in again.rows] == [r.values for r in comp.rows]
 
 
 def test_evaluate_command_errors_are_one_line(capsys):

@@ -372,3 +372,27 @@ def test_winning_ticket_rows_train_from_the_large_models_init_at_the_rows_lr(tmp
     rec = json.loads((tmp_path / "store" / "runs" / f"{scratch[0]['key']}.json").read_text())
     assert rec["spec"]["init"]["kind"] == "winning_ticket" and rec["protocol"]["lr"] == 0.01
     assert (tmp_path / "tiny" / "smoke" / "genomes" / f"{prune[0]['genome']}.ticket.pt").exists()
+
+
+def test_comparison_baselines_are_counted_and_matched_to_the_seeds_pruned_genome():
+    """The runner's comparison baselines (what `prune-nas evaluate` adds to a row): one run per seed each, at
+    the pruned genome's params or FLOPs."""
+    from dataclasses import replace
+
+    from prune_nas.core.cost import count
+    from prune_nas.methods.baselines import uniform_genome
+    from prune_nas.repro.experiments import BASELINES, matched_baseline, runs_of
+
+    plan = load_spec(ROOT / "experiments" / "table4_slimming.yaml").plan("smoke")
+    row = replace(plan.rows[0], baselines=BASELINES)
+    assert runs_of("comparison", row) == runs_of("comparison", plan.rows[0]) + len(BASELINES) * len(row.seeds)
+    assert runs_of("comparison", replace(row, prune_once=True)) == runs_of("comparison", row) - len(row.seeds) + 1
+    base = row.base_genome()
+    pruned = uniform_genome(base, 0.4).replace(widths={**uniform_genome(base, 0.4).widths, "conv1": 2})
+    for kind in BASELINES:
+        metric = kind.split("-")[1]
+        g0, g1 = matched_baseline(kind, base, pruned, 0), matched_baseline(kind, base, pruned, 1)
+        assert g0.name.endswith(f"{kind}-s0" if kind.startswith("random") else kind)
+        target = getattr(count(pruned), metric)
+        assert abs(getattr(count(g0), metric) - target) / target < 0.05
+        assert (g0.widths != g1.widths) == kind.startswith("random")  # one random draw per seed

@@ -92,9 +92,9 @@ def test_accuracy_latency_front_with_nsga2_and_a_limit(home):
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"objectives": ["accuracy", "energy"]}, "objective.multi"),
+    ({"objectives": ["accuracy", "energy"]}, "objectives[1]"),
     ({"constraints": {"max_latency": 3}}, "constraints.max_latency"),
-    ({"constraints": {"max_latency_ms": -1}}, "objective.max_latency_ms"),
+    ({"constraints": {"max_latency_ms": -1}}, "constraints.max_latency_ms"),
     ({"objectives": "accuracy"}, "objectives"),
     ({"objective": {"maximize": "accuracy"}, "constraints": {"max_flops": 0.5}}, "objective"),
 ])

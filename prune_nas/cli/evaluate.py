@@ -34,10 +34,11 @@ examples:
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="a pruning method vs fine-tuning, Scratch-E/B, uniform and random "
                                         "pruning over seeds, with significance tests",
-                       description="Reproduce one row of the paper's tables: discover (or reuse) the pruned "
-                                   "genome, train every baseline over N seeds (stored runs are reused) and "
-                                   "print mean ± std, the best in bold, and Welch's t-tests. With no flags: "
-                                   "the embedded default on digits (CPU, a few minutes).",
+                       description="Reproduce one row of the paper's tables as a one-row experiment (the "
+                                   "runner of `prune-nas run`): per seed, prune (or reuse) the genome, train "
+                                   "every baseline (stored runs are reused), then print mean ± std, the best "
+                                   "in bold, and Welch's t-tests. With no flags: the embedded default on "
+                                   "digits (CPU, minutes).",
                        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="slimming",
                    help="pruning method (default slimming; `prune-nas methods`)")
@@ -60,9 +61,9 @@ def register(sub) -> None:
                    help="input size (default: 16 on digits, the model's otherwise)")
     add_method_args(p)
     _where(p)
-    p.add_argument("--genome-dir", help="where the discovered genome is read and written (default "
+    p.add_argument("--genome-dir", help="where the pruned genomes are read and written (default "
                                         "artifacts/runs/evaluate/genomes)")
-    p.add_argument("--out", help="folder for table.md / .csv / .json (default "
+    p.add_argument("--out", help="folder for table.md / .csv / .json and the runner's manifest.json (default "
                                  "artifacts/runs/evaluate/<name>)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--latency", action="store_true",

@@ -161,16 +161,21 @@ def read_yaml(path: str | os.PathLike, what: str, hint: str = "") -> Any:
 
 
 def _check_numbers(obj: Any, where: str) -> None:
-    """YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats: refuse them as JSON parsing does."""
-    stack = [obj]
+    """YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats: refuse them as JSON parsing does, naming the
+    field (``protocol.lr``, ``rows[0].ratio``) where the number sits."""
+    stack: list[tuple[str, Any]] = [("", obj)]
     while stack:
-        item = stack.pop()
+        at, item = stack.pop()
+        field = f"{at}: " if at else ""
         if isinstance(item, float) and not math.isfinite(item):
-            raise UserError(f"{where}: {item} is not allowed (numbers must be finite)")
+            raise UserError(f"{where}: {field}{item} is not allowed (numbers must be finite)")
         if isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 10 ** MAX_INT_DIGITS:
-            raise UserError(f"{where}: an integer of more than {MAX_INT_DIGITS} digits is out of range")
+            raise UserError(f"{where}: {field}an integer of more than {MAX_INT_DIGITS} digits is out of range")
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, value in item.items():
+                shown = str(key) if str(key).isprintable() else repr(str(key))  # keep the message one line
+                name = f"{at}.{shown}" if at else shown
+                stack.append((at, key))
+                stack.append((name[:200], value))
         elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend((f"{at}[{i}]", value) for i, value in enumerate(item))

@@ -18,6 +18,7 @@ looking at weights, so they need no trained model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,6 +86,60 @@ def match_params(base: Genome, target_params: int, iters: int = 50) -> Genome:
         return count(uniform_genome(base, fraction)).params
 
     return uniform_genome(base, match_factor(params_at, target_params, 1e-9, 1.0, iters))
+
+
+def match_cost(make: Callable[[float], Genome], target: int, metric: str, hi: float = 1.0,
+               iters: int = 40) -> Genome:
+    """The genome ``make(x)``, x in (0, hi], whose ``metric`` (params / flops) is closest to ``target``;
+    ``make`` must grow with x (the search is :func:`prune_nas.core.cost.match_factor`)."""
+    from prune_nas.core.cost import count, match_factor
+
+    return make(match_factor(lambda x: getattr(count(make(x)), metric), target, 1e-9, hi, iters))
+
+
+def uniform_matched(base: Genome, pruned: Genome, metric: str) -> Genome:
+    """Uniform pruning of ``base`` with the pruned genome's params or FLOPs: one kept fraction for every width
+    group (params: :func:`match_params`), or, for a sparse genome, one density for every conv layer (random
+    mask, seed 0)."""
+    from prune_nas.core.cost import count
+
+    target = getattr(count(pruned), metric)
+    if pruned.sparsity is not None:
+        g = match_cost(lambda d: uniform_sparsity_genome(base, d, 0), target, metric)
+    elif metric == "params":
+        g = match_params(base, target)
+    else:
+        g = match_cost(lambda f: uniform_genome(base, f), target, metric)
+    return g.replace(name=f"{base.name}-uniform-{metric}", provenance={"method": "uniform", "matched": metric,
+                                                                       "target": target})
+
+
+def random_matched(base: Genome, pruned: Genome, seed: int, metric: str = "params") -> Genome:
+    """A random architecture with the pruned genome's params: per-group kept fractions drawn uniformly from
+    [0.1, 1] (numpy generator seeded with ``seed``), all scaled by one factor found by bisection (fractions
+    capped at 1). For a sparse genome, random per-layer densities, scaled the same way."""
+    from prune_nas.core.cost import count
+    from prune_nas.core.geometry import conv_ops
+
+    rng = np.random.default_rng(seed)
+    target = getattr(count(pruned), metric)
+    if pruned.sparsity is not None:
+        convs = list(conv_ops(base))
+        f = dict(zip(convs, rng.uniform(0.1, 1.0, len(convs))))
+
+        def make(c):
+            return base.replace(sparsity=Sparsity(density={n: float(min(1.0, c * v)) for n, v in f.items()},
+                                                  seed=int(seed)))
+    else:
+        names = base.groups.names
+        f = dict(zip(names, rng.uniform(0.1, 1.0, len(names))))
+
+        def make(c):
+            widths = {g: max(1, round(base.widths[g] * min(1.0, c * f[g]))) for g in names}
+            return base.replace(widths=fit_selects(base, widths))
+    g = match_cost(make, target, metric, hi=1.0 / min(f.values()))
+    return g.replace(name=f"{base.name}-random-{metric}-{seed}",
+                     provenance={"method": "random", "matched": metric, "target": target, "seed": seed})
 
 
 def random_keep(genome: Genome, widths: dict[str, int], seed: int = 0, model=None) -> dict[str, np.ndarray]:

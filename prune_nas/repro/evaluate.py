@@ -1,14 +1,21 @@
 """One row of the paper's tables: a pruning method against training its architecture from scratch.
 
-For a method M on model X / dataset D at ratio r, with N seeds:
+For a method M on model X / dataset D at ratio r, with N seeds, :func:`evaluate` builds a one-row
+``comparison`` experiment in memory and runs it through the experiments runner
+(``prune_nas.repro.experiments.run_experiment``): one pipeline, one reuse rule, one manifest.
 
-* the pruned genome and its inherited weights come from the methods' discover pipeline (found once, with
-  seed 0, written under ``<out root>/genomes/``; an existing genome file from the same settings is reused, and
-  so is the cached large model);
-* every row trains N seeds through ``train.run``, so each run is stored under its spec's hash and reused:
+* **Pruning happens once**, with seed 0 (the runner's ``prune_once`` comparison rows): the method trains (or
+  reuses) its large model and prunes it; every seed of every row then trains that one genome, so the spread
+  over seeds is the training's, and the rows compare ways of training the architecture the method found.
+  (``prune-nas run`` specs prune per seed.) The pruned genome is reused when its file and the
+  ``<name>.run.json`` beside it, which records the hash of the settings it was pruned with, match; the large
+  model comes from the store's cache.
+* every row trains N seeds through ``prune_nas.training.runs.run``, so each run is stored under its spec's
+  hash and reused:
 
   ============== ===================================================================================
-  unpruned        the large (unpruned) model, trained from scratch for the base epochs
+  unpruned        the large (unpruned) model, trained from scratch for the base epochs (for a method that
+                  trains it plainly, the large model it pruned)
   fine-tuned      the pruned model from its inherited weights, ``Protocol.finetune`` (lr 0.001; 40 of 160)
   Scratch-E       the pruned architecture from scratch, the base epochs
   Scratch-B       the pruned architecture from scratch, the large model's training FLOPs
@@ -28,10 +35,11 @@ among the pruned-size rows (all but ``unpruned``) is bold; Welch's two-sided t-t
 With no arguments, :func:`evaluate` runs the embedded default: Network Slimming (ratio 0.5) on the bundled
 digits data at 16x16, a VGG-11 at a quarter of its widths, 10 base epochs (Network Slimming needs about 10 there
 to zero a share of the BN scales, see ``methods/slimming.py``; with 5 no s both keeps the large model and
-sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds: about 5.5
-minutes on two CPU cores.
+sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
 The table is written as Markdown, CSV and JSON under ``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
-``artifacts/runs/evaluate/<name>/``) with how it was produced: command, versions, hardware, wall time.
+``artifacts/runs/evaluate/<name>/``) with how it was produced: command, versions, hardware, wall time; the
+runner's ``manifest.json`` lies beside it and the pruned genomes in ``runs/evaluate/genomes/``. A method that
+inherits no weights (uniform, random) has no fine-tuned row, so evaluate refuses it, as experiment specs do.
 """
 
 from __future__ import annotations
@@ -46,15 +54,12 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import output_dir
-
-if TYPE_CHECKING:
-    from prune_nas.core.genome import Genome
 
 ROWS = ("unpruned", "fine-tuned", "Scratch-E", "Scratch-B", "uniform (params)", "uniform (FLOPs)",
         "random (params)")
@@ -283,142 +288,18 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-# ---- matched baselines -----------------------------------------------------------------------------------
-def match(make: Callable[[float], "Genome"], target: int, metric: str, hi: float = 1.0,
-          iters: int = 40) -> "Genome":
-    """The genome ``make(x)``, x in (0, hi], whose ``metric`` (params / flops) is closest to ``target``;
-    ``make`` must grow with x. Bisection (:func:`~prune_nas.core.cost.match_factor`), then the closer side
-    (the smaller on a tie)."""
-    from prune_nas.core.cost import count, match_factor
-
-    return make(match_factor(lambda x: getattr(count(make(x)), metric), target, 1e-9, hi, iters))
-
-
-def uniform_matched(base: "Genome", pruned: "Genome", metric: str) -> "Genome":
-    """Uniform pruning of ``base`` with the pruned genome's params or FLOPs: one kept fraction for every width
-    group, or, for a sparse genome, one density for every conv layer (random mask, seed 0)."""
-    from prune_nas.core.cost import count
-    from prune_nas.methods.baselines import uniform_genome, uniform_sparsity_genome
-
-    target = getattr(count(pruned), metric)
-    if pruned.sparsity is not None:
-        g = match(lambda d: uniform_sparsity_genome(base, d, 0), target, metric)
-    else:
-        g = match(lambda f: uniform_genome(base, f), target, metric)
-    return g.replace(name=f"{base.name}-uniform-{metric}", provenance={"method": "uniform", "matched": metric,
-                                                                       "target": target})
+# ---- the pipeline: a one-row experiment -----------------------------------------------------------------
+# Runner role -> (table row, budget column). The order is the table's.
+ROLES = (("unpruned", "unpruned", "Scratch-E"), ("finetune", "fine-tuned", "fine-tune"),
+         ("scratch-e", "Scratch-E", "Scratch-E"), ("scratch-b", "Scratch-B", "Scratch-B"),
+         ("uniform-params", "uniform (params)", "Scratch-B"), ("uniform-flops", "uniform (FLOPs)", "Scratch-B"),
+         ("random-params", "random (params)", "Scratch-B"))
+# The settings are explicit, so every scale of the in-memory spec is the same; the manifest records this one.
+SCALE = "small"
 
 
-def random_matched(base: "Genome", pruned: "Genome", seed: int, metric: str = "params") -> "Genome":
-    """A random architecture with the pruned genome's params: per-group kept fractions drawn uniformly from
-    [0.1, 1] (numpy generator seeded with ``seed``), all scaled by one factor found by bisection (fractions
-    capped at 1). For a sparse genome, random per-layer densities, scaled the same way."""
-    import numpy as np
-
-    from prune_nas.core.cost import count
-    from prune_nas.core.genome import Sparsity, fit_selects
-    from prune_nas.core.geometry import conv_ops
-
-    rng = np.random.default_rng(seed)
-    target = getattr(count(pruned), metric)
-    if pruned.sparsity is not None:
-        convs = list(conv_ops(base))
-        f = dict(zip(convs, rng.uniform(0.1, 1.0, len(convs))))
-
-        def make(c):
-            return base.replace(sparsity=Sparsity(density={n: float(min(1.0, c * v)) for n, v in f.items()},
-                                                  seed=int(seed)))
-    else:
-        names = base.groups.names
-        f = dict(zip(names, rng.uniform(0.1, 1.0, len(names))))
-
-        def make(c):
-            widths = {g: max(1, int(round(base.widths[g] * min(1.0, c * f[g])))) for g in names}
-            return base.replace(widths=fit_selects(base, widths))
-    g = match(make, target, metric, hi=1.0 / min(f.values()))
-    return g.replace(name=f"{base.name}-random-{metric}-{seed}",
-                     provenance={"method": "random", "matched": metric, "target": target, "seed": seed})
-
-
-# ---- the pipeline ----------------------------------------------------------------------------------------
 def default_out_root() -> Path:
     return output_dir("runs", "evaluate")
-
-
-def _discovered(method: str, *, model, dataset, ratio, width, epochs, input_size, params, device, data_dir,
-                download, genome_dir, store_root, progress, log):
-    """The pruned genome (seed 0), its base, the large model's accuracy, the genome's path and the dataset:
-    an existing genome file of the discover pipeline's name is reused when it was pruned from the large model
-    these settings train (same cache key: model, data, protocol, regularizer) with the same parameters, else
-    ``discover`` runs (reusing its cached large model)."""
-    from prune_nas.core.arch import get_spec
-    from prune_nas.core.genome import base_genome, load_genome
-    from prune_nas.design.discover import (
-        default_input_size,
-        default_model,
-        discover,
-        large_key,
-        method_params,
-        protocol_for,
-        regularizer,
-        run_name,
-    )
-    from prune_nas.methods import get_method
-    from prune_nas.training.data import NUM_CLASSES, load_dataset
-
-    m = get_method(method)
-    given = dict(params or {})
-    if ratio is not None:
-        given["ratio"] = ratio
-    full = method_params(m, given)
-    if "seed" in full and "seed" not in given:
-        full["seed"] = 0
-    model = model or default_model(m, dataset)
-    spec = get_spec(model)
-    size = input_size or default_input_size(spec, dataset)
-    base = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=size, width_mult=width)
-    # Its own folder by default: evaluate's genomes stay apart from those of `prune-nas discover`.
-    out = Path(genome_dir) if genome_dir is not None else default_out_root() / "genomes"
-    protocol = protocol_for(dataset, epochs)
-    path = out / f"{run_name(model, width, dataset, m.name, full, 0, epochs=protocol.epochs, input_size=size)}.json"
-    m.check(base, **full)  # the user's mistakes before loading data
-    data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
-                        in_channels=base.in_channels)
-    if path.exists():
-        genome = load_genome(path)
-        weights = genome.provenance.get("weights")
-        origin = _pruned_from(genome)
-        shown = {k: v for k, v in full.items() if v is not None and v != () and v is not False}
-        large = origin.get("large_model") or {}
-        if m.needs_training:
-            reg = regularizer(m, base, full, protocol=protocol,
-                              steps_per_epoch=data.steps_per_epoch(protocol.batch_size))
-            same_large = large.get("key") == large_key(base, dataset, protocol, reg, 0)[0]
-        else:
-            same_large = True
-        same = (genome.input_size == base.input_size and origin.get("genome") == base.key and same_large
-                and json.dumps(genome.provenance.get("params") or {}, sort_keys=True, default=str)
-                == json.dumps(shown, sort_keys=True, default=str))
-        if same and (not weights or (genome.source_dir / weights["file"]).exists()):
-            log(f"reusing the discovered genome {path}")
-            return genome, _named_base(base, model, width, dataset), large.get("test_top1"), path, data
-    d = discover(method, model=model, dataset=dataset, ratio=ratio, seed=0, width=width, epochs=epochs,
-                 input_size=size, params=params, device=device, data_dir=data_dir, download=download,
-                 out_dir=out, store_root=store_root, progress=progress, log=log, data=data)
-    return d.genome, _named_base(d.base, model, width, dataset), (d.large or {}).get("test_top1"), d.path, data
-
-
-def _pruned_from(genome: "Genome") -> dict:
-    """What a discovered genome was pruned from (model, width, base genome key, large model), as recorded."""
-    for k in ("pruned_from", "source"):
-        v = genome.provenance.get(k)
-        if isinstance(v, dict):
-            return v
-    return {}
-
-
-def _named_base(base: "Genome", model: str, width: float, dataset: str) -> "Genome":
-    return base.replace(name=f"{model}-x{width:g}" if width != 1 else model)
 
 
 def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str = "digits",
@@ -427,26 +308,33 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
              params: dict | None = None,
              device: str = "cpu", store=None, genome_dir=None, data_dir=None, download: bool = False,
              progress: bool = False, log: Callable[[str], None] = print, command: str | None = None,
-             out_dir: str | os.PathLike | None = None, write: bool = True,
-             latency: bool = False) -> Comparison:
-    """Discover (or reuse) the pruned genome, train every row over ``seeds`` seeds (reusing stored runs), and
-    return the comparison; with ``write`` also save it under ``out_dir`` (default: see the module doc). With
+             out_dir: str | os.PathLike | None = None, latency: bool = False) -> Comparison:
+    """Run the one-row comparison experiment (see the module doc) through the experiments runner and return
+    the table, also written under ``out_dir`` (default ``<runs>/evaluate/<name>/``) beside the runner's
+    ``manifest.json``; pruned genomes go to ``genome_dir`` (default ``<runs>/evaluate/genomes/``). With
     ``latency``, each row's model (seed 0's, for random rows) is also timed at batch 1 on ``device``."""
     import scipy
     import torch
 
-    from prune_nas.core.cost import count
+    from prune_nas.core.arch import get_spec
     from prune_nas.core.version import __version__
-    from prune_nas.design.discover import protocol_for
+    from prune_nas.design.discover import (
+        default_input_size,
+        default_model,
+        method_params,
+        protocol_for,
+        run_name,
+    )
+    from prune_nas.methods import get_method
+    from prune_nas.repro.experiments import BASELINES, load_manifest, parse_spec, run_experiment
     from prune_nas.training.data import NUM_CLASSES
     from prune_nas.training.loop import _device_name
-    from prune_nas.training.protocol import Budget, Protocol
-    from prune_nas.training.runs import RunSpec, run
     from prune_nas.training.store import Store
 
     start = time.perf_counter()
     if dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
+    m = get_method(method)
     short = SHORT.get(dataset, {})
     seeds = seeds if seeds is not None else short.get("seeds", PAPER_SEEDS)
     if seeds < 1:
@@ -454,109 +342,153 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     width = float(width if width is not None else short.get("width", 1.0))
     if width <= 0:
         raise UserError(f"--width must be > 0, got {width:g}")
-    epochs = epochs if epochs is not None else short.get("epochs")
-    protocol = protocol_for(dataset, epochs)
+    protocol = protocol_for(dataset, epochs if epochs is not None else short.get("epochs"))
     ft_epochs = finetune_epochs if finetune_epochs is not None else \
         short.get("finetune_epochs", max(1, round(protocol.epochs * 40 / 160)))
     if ft_epochs < 1:
         raise UserError(f"--finetune-epochs must be >= 1, got {ft_epochs}")
+    model = model or default_model(m, dataset)
+    size = input_size or default_input_size(get_spec(model), dataset)
+    given = {**(params or {}), **({"ratio": ratio} if ratio is not None else {})}
+    full = method_params(m, given)
+    if "seed" not in given:
+        full.pop("seed", None)  # the method's seed follows the run's, as in `discover`
     store = store if isinstance(store, Store) else Store(store)
 
-    pruned, base, large_acc, genome_path, data = _discovered(
-        method, model=model, dataset=dataset, ratio=ratio, width=width, epochs=epochs, input_size=input_size,
-        params=params,
-        device=device, data_dir=data_dir, download=download, genome_dir=genome_dir, store_root=store.root,
-        progress=progress, log=log)
-    scratch_e = Budget("epochs")
-    scratch_b = Budget("flops", reference=base)
-    finetune = Protocol.finetune(protocol, epochs=ft_epochs)
-    has_weights = bool(pruned.provenance.get("weights"))
+    row = {"model": model, "dataset": dataset, "method": m.name, "epochs": protocol.epochs,
+           "finetune_epochs": ft_epochs, "width": width, "input_size": size, "params": given}
+    raw = {"version": 1, "name": "evaluate", "title": f"{m.name} on {model} / {dataset}",
+           "paper": "one row of Tables 1-6 (prune-nas evaluate)", "kind": "comparison", "seeds": seeds,
+           "rows": [row], "scales": {"smoke": {}, "small": {}, "paper": {}}}
+    try:
+        plan = parse_spec(raw).plan(SCALE)
+    except UserError as e:  # name the option, not the in-memory spec's field
+        raise UserError(_as_option(str(e))) from None
+    plan = replace(plan, rows=tuple(replace(r, baselines=BASELINES, prune_once=True) for r in plan.rows))
+    (planned,) = plan.rows
+    base = planned.base_genome()
+    name = f"{run_name(model, width, dataset, m.name, full, None, epochs=protocol.epochs, input_size=size)}" \
+           f"-n{seeds}"
+    folder = Path(out_dir) if out_dir is not None else default_out_root() / name
+    genomes = Path(genome_dir) if genome_dir is not None else default_out_root() / "genomes"
+    labels = {role: label for role, label, _ in ROLES}
 
-    plan: list[tuple[str, Callable[[int], Genome], Protocol, Budget, str, str]] = [
-        ("unpruned", lambda s: base, protocol, scratch_e, "scratch", "Scratch-E"),
-        ("fine-tuned", lambda s: pruned, finetune, scratch_e, "finetune", "fine-tune"),
-        ("Scratch-E", lambda s: pruned, protocol, scratch_e, "scratch", "Scratch-E"),
-        ("Scratch-B", lambda s: pruned, protocol, scratch_b, "scratch", "Scratch-B"),
-    ]
-    uni_p, uni_f = uniform_matched(base, pruned, "params"), uniform_matched(base, pruned, "flops")
-    plan += [("uniform (params)", lambda s: uni_p, protocol, scratch_b, "scratch", "Scratch-B"),
-             ("uniform (FLOPs)", lambda s: uni_f, protocol, scratch_b, "scratch", "Scratch-B"),
-             ("random (params)", lambda s: random_matched(base, pruned, s), protocol, scratch_b, "scratch",
-              "Scratch-B")]
+    def report(entry: dict) -> None:
+        """One line per finished unit of work, as the runner records it."""
+        if entry["role"] == "prune":
+            if entry.get("reused"):
+                log(f"reusing the discovered genome {genomes / entry['genome']}.json")
+            return
+        how = "reused" if entry.get("reused") else f"trained in {entry.get('wall_time_s') or 0:.0f}s"
+        label, s = labels.get(entry["role"], entry["role"]), entry["seed"]
+        if entry.get("status") != "ok":
+            log(f"{label} seed {s}: FAILED ({entry.get('reason')}; {how})")
+        else:
+            log(f"{label} seed {s}: test top-1 {100 * entry['final_top1']:.2f}% ({entry.get('epochs')} epochs, "
+                f"{how})")
 
-    rows: list[Row] = []
-    for label, genome_of, proto, budget, init, kind in plan:
-        g0 = genome_of(0)
-        c0 = count(g0)
-        row = Row(label, g0.name or g0.key, g0.key, c0.params, c0.flops, kind)
-        if label == "random (params)":
-            row.genome, row.note = f"{base.name}-random (1 per seed)", "one random architecture per seed"
-        if latency:
-            from prune_nas.core.latency import measure
-
-            row.latency_ms = measure(g0, device=device, batch=1, repeats=10).median_ms
-        if init == "finetune" and not has_weights:
-            row.note = f"{method} gives no inherited weights"
-            rows.append(row)
-            continue
-        for s in range(seeds):
-            g = genome_of(s)
-            spec = RunSpec(g, dataset, proto, budget, s, init)
-            reused = spec.key in store
-            rec = run(spec, store, device=device, progress=progress, dataset=data, desc=f"{label} s{s}")
-            row.runs += 1
-            row.run_keys.append(rec["key"])
-            row.epochs.append(int(rec["epochs"]))
-            how = "reused" if reused else f"trained in {rec.get('wall_time_s') or 0:.0f}s"
-            if rec["status"] != "ok":
-                row.failed.append(rec.get("reason") or "failed")
-                log(f"{label} seed {s}: FAILED ({rec.get('reason')}; {how})")
-                continue
-            row.values.append(float(rec["final_top1"]))
-            acc = 100 * rec["final_top1"]
-            log(f"{label} seed {s}: test top-1 {acc:.2f}% ({rec['epochs']} epochs, {how})")
-        rows.append(row)
-
+    manifest = load_manifest(run_experiment(plan, store=store, device=device, progress=progress,
+                                            data_dir=data_dir, download=download, log=log, out_dir=folder,
+                                            genome_dir=genomes, on_step=report))
+    runs = manifest["runs"]
+    rows = [_row(label, budget, [e for e in runs if e["role"] == role]) for role, label, budget in ROLES]
+    rows[ROWS.index("random (params)")].note = "one random architecture per seed"
     by = {r.label: r for r in rows}
     tests = [welch(a, by[a].values, b, by[b].values) for a, b in COMPARISONS]
-    pc = count(pruned)
-    bc = count(base)
-    ratio_shown = pruned.provenance.get("ratio")
+    (pruned,) = (e for e in runs if e["role"] == "prune")
+    ratio_shown = pruned.get("ratio")
     at = f", ratio {ratio_shown:g}" if ratio_shown is not None else ""
-    title = (f"{method} on {base.name} / {dataset}{at}: {pc.params / bc.params:.1%} of the params, "
-             f"{pc.flops / bc.flops:.1%} of the FLOPs, {seeds} seeds")
-    notes = [f"Pruned genome: {pruned.name} ({genome_path}), found once (seed 0); each row trains seeds "
-             f"0..{seeds - 1}."]
-    if large_acc is not None:
-        notes.append(f"The large model {method} pruned reached {100 * large_acc:.2f}% (trained with the "
-                     f"method's own regularizer, if any); `unpruned` is the large model trained plainly.")
+    base_name = f"{model}-x{width:g}" if width != 1 else model
+    title = (f"{m.name} on {base_name} / {dataset}{at}: {pruned['params'] / pruned['base_params']:.1%} of the "
+             f"params, {pruned['flops'] / pruned['base_flops']:.1%} of the FLOPs, {seeds} seeds")
+    path = genomes / f"{pruned['genome']}.json"
+    notes = [(f"Pruned genome: {pruned['genome']} ({path}), found once (seed 0); each row trains seeds "
+              f"0..{seeds - 1}.")]
+    large = pruned.get("large") or {}
+    if large.get("test_top1") is not None and not large.get("plain"):
+        notes.append(f"The large model {m.name} pruned reached {100 * large['test_top1']:.2f}% (trained with the "
+                     f"method's regularizer); `unpruned` is the large model trained plainly.")
+    ratio_b = "FLOPs(large) / FLOPs(genome)"
+    ratio_b = f"min({planned.cap:g}, {ratio_b})" if planned.cap else ratio_b
     notes.append(f"Epochs: Scratch-E {protocol.epochs} (the large model's), fine-tune {ft_epochs} at lr "
-                 f"{finetune.lr:g}; Scratch-B = int({protocol.epochs} x FLOPs(large) / FLOPs(genome)).")
-    meta = {"command": command or "prune_nas.repro.evaluate.evaluate(...)", "method": method, "model": base.model,
+                 f"{planned.finetune_protocol().lr:g}; Scratch-B = int({protocol.epochs} x {ratio_b}).")
+    meta = {"command": command or "prune_nas.repro.evaluate.evaluate(...)", "method": m.name, "model": base.model,
             "width": width, "dataset": dataset, "ratio": ratio_shown, "seeds": seeds,
-            "epochs": protocol.epochs, "finetune_epochs": ft_epochs, "genome": str(genome_path),
-            "genome_key": pruned.key,
+            "epochs": protocol.epochs, "finetune_epochs": ft_epochs, "genome": str(path),
+            "genome_key": pruned["genome_key"], "manifest": str(folder / "manifest.json"),
             "store": str(store.root), "device": _device_name(device), "threads": torch.get_num_threads(),
-            "prune_nas": __version__, "torch": torch.__version__, "scipy": scipy.__version__,
+            "prune_nas": __version__,
+            "torch": torch.__version__, "scipy": scipy.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 1),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "written_to": str(folder)}
     if latency:
-        from prune_nas.core.latency import device_name
-
-        meta["latency_device"] = device_name(device)
-        notes.append(f"ms (batch 1): median forward time on {meta['latency_device']} (float32, eval mode, "
-                     f"{torch.get_num_threads()} threads; random rows: seed 0's architecture).")
+        _add_latency(rows, base, path, device, meta, notes)
     comp = Comparison(title, rows, tests, meta, notes)
-    if write:
-        parts = Path(str(genome_path)).stem.split("-")  # discover's run name, less its seed (always 0 here)
-        if "s0" in parts:
-            del parts[len(parts) - 1 - parts[::-1].index("s0")]
-        name = f"{'-'.join(parts)}-n{seeds}"
-        folder = Path(out_dir) if out_dir is not None else default_out_root() / name
-        comp.meta["written_to"] = str(folder)
-        comp.write(folder)
+    comp.write(folder)
     return comp
+
+
+def _add_latency(rows: list[Row], base, pruned_path: Path, device: str, meta: dict, notes: list[str]) -> None:
+    """Time each row's architecture (seed 0's for the random row) at batch 1 on ``device``."""
+    import torch
+
+    from prune_nas.core.genome import load_genome
+    from prune_nas.core.latency import device_name, measure
+    from prune_nas.repro.experiments import matched_baseline
+
+    pruned = load_genome(pruned_path)
+    fixed = {"unpruned": base, "finetune": pruned, "scratch-e": pruned, "scratch-b": pruned}
+    for (role, _, _), row in zip(ROLES, rows):
+        genome = fixed.get(role) or matched_baseline(role, base, pruned, 0)
+        row.latency_ms = measure(genome, device=device, batch=1, repeats=10).median_ms
+    meta["latency_device"] = device_name(device)
+    notes.append(f"ms (batch 1): median forward time on {meta['latency_device']} (float32, eval mode, "
+                 f"{torch.get_num_threads()} threads; random rows: seed 0's architecture).")
+
+
+def _row(label: str, budget: str, entries: list[dict]) -> Row:
+    """A table row from the runner's manifest entries of one role (one per seed)."""
+    entries = sorted(entries, key=lambda e: e["seed"])
+    keys = list(dict.fromkeys(e.get("genome_key") or "" for e in entries))
+    names = list(dict.fromkeys(e.get("genome") or "" for e in entries))
+    genome = names[0] if len(keys) == 1 else f"{_unseeded(names[0], entries[0]['seed'])} (1 per seed)"
+    row = Row(label, genome, ";".join(keys), _mean_count(entries, "params"), _mean_count(entries, "flops"), budget)
+    for e in entries:
+        row.runs += 1
+        row.run_keys.append(e["key"])
+        if e.get("epochs") is not None:
+            row.epochs.append(int(e["epochs"]))
+        if e.get("status") != "ok":
+            row.failed.append(e.get("reason") or "failed")
+        else:
+            row.values.append(float(e["final_top1"]))
+    return row
+
+
+def _mean_count(entries: list[dict], what: str) -> int:
+    """Mean params / FLOPs of a row's runs (one architecture per seed for random rows)."""
+    return round(statistics.fmean(e.get(what) or 0 for e in entries)) if entries else 0
+
+
+def _unseeded(name: str, seed: int) -> str:
+    """A per-seed genome name without its seed part (``...-r0.5-s0-10ep`` -> ``...-r0.5-10ep``)."""
+    parts = name.split("-")
+    tag = f"s{seed}"
+    if tag in parts:
+        del parts[len(parts) - 1 - parts[::-1].index(tag)]
+    return "-".join(parts)
+
+
+def _as_option(message: str) -> str:
+    """An in-memory spec's error (``experiment spec: rows[0].params.s: ...``) as one about evaluate's options."""
+    import re
+
+    text = message.removeprefix("experiment spec: ")
+    m = re.match(r"(?:rows\[0\](?:\.params)?\.)?([a-z_]+)?: (.*)", text, re.DOTALL)
+    if m is None or m.group(1) is None:
+        return f"evaluate: {text.removeprefix('rows[0]: ')}"
+    return f"evaluate: --{m.group(1).replace('_', '-')}: {m.group(2)}"
 
 
 def command_line() -> str:

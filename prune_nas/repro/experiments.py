@@ -70,7 +70,9 @@ Kinds, and the runs each row expands into (per seed):
 
 * ``comparison`` (Tables 1-6): prune (train the large model, or reuse it, then prune), the unpruned model
   (the large model itself when the method trains it plainly, else a plain training of it), then fine-tune
-  the inherited weights, Scratch-E and Scratch-B of the pruned architecture.
+  the inherited weights, Scratch-E and Scratch-B of the pruned architecture. Rows built in code may also set
+  ``baselines`` (uniform pruning at the pruned genome's params / FLOPs, a random architecture at its params,
+  each Scratch-B) and ``prune_once`` (prune with the first seed only): ``prune-nas evaluate`` is such a row.
 * ``widths`` (Table 8): prune; then mine the kept widths per layer (``prune_nas.design.mining``).
 * ``kernels`` (Figure 4): prune with a non-structured method; then mine the 3x3 kernel keep maps.
 * ``efficiency`` (Figure 3): per ratio, prune, train the pruned architecture from scratch, and train uniform
@@ -118,6 +120,9 @@ KINDS = ("comparison", "widths", "efficiency", "kernels", "guided")
 SCALES = ("smoke", "small", "paper")
 BUDGETS = ("finetune", "scratch-e", "scratch-b")
 SERIES = ("pruned", "uniform", "guided", "transferred")
+# Comparison rows may also train, per seed and at Scratch-B, architectures matched to that seed's pruned genome:
+# uniform pruning at its params or FLOPs, and a random architecture at its params (``prune-nas evaluate``).
+BASELINES = ("uniform-params", "uniform-flops", "random-params")
 
 DEFAULT_SERIES = {"efficiency": ("pruned", "uniform"), "guided": SERIES}
 
@@ -152,6 +157,8 @@ class Row:
     lr: float | None = None  # initial lr of the large model and the scratch runs (None: the protocol's 0.1)
     lr_milestones: tuple[int, ...] = ()  # epochs of the base schedule; (): the dataset's protocol
     init: str = "scratch"  # how Scratch-E / Scratch-B runs start: scratch or winning_ticket
+    baselines: tuple[str, ...] = ()  # comparison: any of BASELINES (set in code, e.g. by evaluate)
+    prune_once: bool = False  # comparison: prune with the first seed only; every seed trains that genome
 
     @property
     def ratio(self) -> float | None:
@@ -202,7 +209,7 @@ class Row:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("seeds", "budgets", "ratios", "series", "lr_milestones"):
+        for k in ("seeds", "budgets", "ratios", "series", "lr_milestones", "baselines"):
             d[k] = list(d[k])
         d["source"] = "-".join(self.source) if self.source else None
         return d
@@ -230,7 +237,8 @@ def runs_of(kind: str, row: Row) -> int:
     """Units of work a row expands into (each a pruning run or a training run), for the progress bar."""
     n = len(row.seeds)
     if kind == "comparison":
-        return n * (2 + len(row.budgets))  # prune, unpruned, budgets
+        prunes = 1 if row.prune_once else n
+        return prunes + n * (1 + len(row.budgets) + len(row.baselines))  # unpruned, budgets, baselines
     if kind in ("widths", "kernels"):
         return n
     per_ratio = n * (1 + len(row.series))  # prune, then one training per series
@@ -571,6 +579,8 @@ class _Context:
     log: Callable[[str], None]
     manifest: dict
     engine: Any = "eager"
+    genomes: Path | None = None  # where pruned genomes are read and written (default <out>/genomes)
+    on_step: Callable[[dict], None] | None = None
     bar: Any = None
     datasets: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -591,6 +601,8 @@ class _Context:
         self.manifest["progress"] = {"done": done, "total": self.manifest["progress"]["total"],
                                      "reused": sum(1 for e in self.manifest["runs"] if e.get("reused"))}
         self.save()
+        if self.on_step is not None:
+            self.on_step(entry)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(f"{entry['role']} {entry.get('genome') or ''} s{entry.get('seed')}"[:60])
@@ -645,27 +657,36 @@ def run_dir(spec: Spec, scale: str, root: str | os.PathLike | None = None) -> Pa
                  slug(scale, "scale"))
 
 
-def run_experiment(spec: Spec | str | os.PathLike, scale: str = "smoke", *, runs_root=None, store=None,
+def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", *, runs_root=None, store=None,
                    device: str = "cpu", progress: bool = True, data_dir=None, download: bool = False,
                    retry_failed: bool = False, engine: Any = "eager",
-                   log: Callable[[str], None] | None = None) -> Path:
+                   log: Callable[[str], None] | None = None, out_dir: str | os.PathLike | None = None,
+                   genome_dir: str | os.PathLike | None = None,
+                   on_step: Callable[[dict], None] | None = None) -> Path:
     """Run every run of ``spec`` at ``scale``; returns the manifest path.
 
     Finished training runs come from the store and finished pruning runs from ``genomes/`` (when their
     settings match), so running again after an interruption resumes where it stopped. ``engine`` is the
     training engine of the training runs (``prune_nas.training.runs.run``: "eager" or "fast"); it is recorded, not
     part of the runs' keys.
+
+    ``spec`` may also be a :class:`Plan` built in code (its own scale; ``prune-nas evaluate`` runs a one-row
+    plan this way). ``out_dir`` replaces ``<runs root>/<name>/<scale>``, ``genome_dir`` the pruned genomes'
+    folder ``<out>/genomes``; ``on_step`` is called with each manifest entry as it is recorded.
     """
     from tqdm.auto import tqdm
 
     from prune_nas.training.store import Store
 
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    plan = spec.plan(scale)
+    if isinstance(spec, Plan):
+        plan, spec, scale = spec, spec.spec, spec.scale
+    else:
+        spec = spec if isinstance(spec, Spec) else load_spec(spec)
+        plan = spec.plan(scale)
     store = store if store is not None else Store()
     if not hasattr(store, "root"):
         store = Store(store)
-    out = run_dir(spec, scale, runs_root)
+    out = Path(out_dir) if out_dir is not None else run_dir(spec, scale, runs_root)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_manifest(out / "manifest.json")
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
@@ -681,7 +702,8 @@ def run_experiment(spec: Spec | str | os.PathLike, scale: str = "smoke", *, runs
         "previous_wall_time_s": previous.get("wall_time_s", 0.0) if previous.get("spec", {}).get("sha256")
         == spec.sha256() else 0.0,
     }
-    ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest, engine)
+    ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest, engine,
+                   Path(genome_dir) if genome_dir is not None else out / "genomes", on_step)
     ctx.save()
     bar = tqdm(total=plan.total_runs(), desc=f"{spec.name} [{scale}]", unit="run", dynamic_ncols=True,
                disable=None if progress else True, position=0)
@@ -737,7 +759,7 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
         full["seed"] = seed
     base = row.base_genome(model, dataset)
     protocol = replace(row, dataset=dataset).protocol()
-    folder = ctx.out / "genomes"
+    folder = ctx.genomes
     name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
                     input_size=base.input_size, lr=protocol.lr)
     path, side = folder / f"{name}.json", folder / f"{name}.run.json"
@@ -745,7 +767,7 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
                  "params": full, "seed": seed})
     entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio if ratio is not None else full.get("ratio"),
              "method": m.name, "model": model, "dataset": dataset, "genome": name, "key": key,
-             "genome_file": path.relative_to(ctx.out).as_posix()}
+             "genome_file": _relative(path, ctx.out)}
     old = _previous_manifest(side)
     if path.exists() and old.get("key") == key:
         return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True, wall=old.get("wall_time_s", 0.0))
@@ -763,11 +785,19 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     return _finish_prune(ctx, entry, load_genome(path), base, info, reused=False, wall=d.wall_time_s)
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies there, else absolute (``root / result`` finds it either way)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
 def _finish_prune(ctx, entry, genome, base, info, *, reused: bool, wall: float) -> dict:
     from prune_nas.core.cost import count
 
     c, b = count(genome), count(base)
-    entry.update({"params": c.params, "flops": c.flops, "base_params": b.params, "base_flops": b.flops,
+    entry.update({"genome_key": genome.key, "params": c.params, "flops": c.flops, "base_params": b.params, "base_flops": b.flops,
                   "large": info.get("large"), "notes": info.get("notes", []), "reused": reused,
                   "wall_time_s": wall, "status": "ok"})
     entry["_genome"] = genome  # in memory only (dropped before the manifest is written)
@@ -801,7 +831,8 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
               retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
     entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget, "init": init,
-             "genome": genome.name or genome.key, "key": rec["key"], "store": "runs", "status": rec["status"],
+             "genome": genome.name or genome.key, "genome_key": genome.key, "key": rec["key"], "store": "runs",
+             "status": rec["status"],
              "reason": rec.get("reason"), "final_top1": rec.get("final_top1"), "best_top1": rec.get("best_top1"),
              "final_top5": rec.get("final_top5"), "epochs": rec.get("epochs"), "params": rec.get("params"),
              "flops": rec.get("flops"), "wall_time_s": rec.get("wall_time_s"), "device": rec.get("device"),
@@ -816,20 +847,36 @@ def _run_comparison(ctx: _Context, row: Row) -> None:
 
     base = row.base_genome()
     plain = regularizer(get_method(row.method), base, dict(row.params)) is None
+    once = prune(ctx, row, row.seeds[0]) if row.prune_once else None
     for seed in row.seeds:
-        p = prune(ctx, row, seed)
+        p = once or prune(ctx, row, seed)
         genome = p["_genome"]
         large = p.get("large") or {}
-        if plain and large.get("test_top1") is not None:
-            # The large model was trained plainly under the row's protocol: it is the unpruned model.
+        if plain and large.get("test_top1") is not None and p["seed"] == seed:
+            # The large model was trained plainly under the row's protocol and this seed: it is the unpruned model.
             ctx.step({"role": "unpruned", "row": row.index, "seed": seed, "genome": base.name or row.model,
-                      "key": large.get("key"), "store": "large", "status": "ok", "final_top1": large["test_top1"],
+                      "genome_key": base.key, "key": large.get("key"), "store": "large", "status": "ok", "final_top1": large["test_top1"],
                       "epochs": large.get("epochs"), "params": p["base_params"], "flops": p["base_flops"],
                       "wall_time_s": large.get("wall_time_s"), "reused": True})
         else:
             train(ctx, row, base, role="unpruned", seed=seed, budget="scratch-e")
         for budget in row.budgets:
             train(ctx, row, genome, role=budget, seed=seed, budget=budget, reference=base)
+        for kind_ in row.baselines:
+            train(ctx, row, matched_baseline(kind_, base, genome, seed), role=kind_, seed=seed, budget="scratch-b",
+                  reference=base)
+
+
+def matched_baseline(kind: str, base, pruned, seed: int):
+    """The architecture a comparison row's baseline ``kind`` (one of BASELINES) trains for ``seed``: uniform
+    pruning of ``base`` at ``pruned``'s params or FLOPs, or a random architecture (drawn from ``seed``) at its
+    params; for a sparse genome, densities instead of channels (``prune_nas.methods.baselines``)."""
+    from prune_nas.methods.baselines import random_matched, uniform_matched
+
+    what, metric = kind.split("-")
+    if what == "uniform":  # one architecture for every seed
+        return uniform_matched(base, pruned, metric).replace(name=f"{base.name or base.model}-{kind}")
+    return random_matched(base, pruned, seed, metric).replace(name=f"{base.name or base.model}-{kind}-s{seed}")
 
 
 def _run_patterns(ctx: _Context, row: Row) -> None:

@@ -15,11 +15,11 @@ is optional)::
     dataset: cifar100           # digits, synthetic, cifar10, cifar100, imagenet
     input_size: 32              # default: the model's
     protocol: {lr: 0.1}         # overrides of the paper's protocol for the dataset (train.Protocol fields)
-    budget:
+    budget:                     # or just the kind: `budget: flops`
       kind: flops               # epochs (Scratch-E) | flops (Scratch-B: the base's training FLOPs)
       epochs: 160               # base epochs (default: the protocol's)
       cap: null                 # Scratch-B: cap on the FLOPs ratio
-    seeds: 1                    # training seeds per candidate; each (candidate, seed) is one trial
+    seeds: 1                    # training seeds per candidate (1-100); each (candidate, seed) is one trial
     objective:                  # either a constraint ...
       maximize: accuracy        #   final test top-1 of the run
       max_flops: 0.5            #   <= 1: fraction of the base's FLOPs (MACs); > 1: absolute MACs
@@ -45,6 +45,12 @@ A candidate's width for group ``g`` in stage ``s`` is ``max(1, round(base[g] * m
 gives every conv layer of stage ``s`` the density ``1 - x`` (random mask drawn from seed 0; 0 keeps it dense).
 Ranges are fractions in (0, 1] (sparsity: [0, 1)); ``(hi - lo)`` must be a whole number of steps.
 
+Validation is declarative first: ``prune_nas/core/schema/space.schema.json`` (JSON Schema 2020-12, shipped
+with the package) fixes every key, type and bound (numbers finite, ``protocol.lr > 0``, ``seeds`` 1-100,
+unknown keys rejected) before any model is built; then :func:`_parse` checks what needs the registries and the
+model. Either way a bad file is one :class:`SpaceError` line naming the field,
+e.g. ``vgg11-digits.yaml: budget: must be one of epochs, flops, or a mapping of kind, epochs and cap, got 5``.
+
 >>> s = Space.from_dict({"model": "vgg11", "dataset": "digits", "width": 0.25,
 ...                      "parameters": {"stage_multiplier": {"range": [0.5, 1.0], "step": 0.25}}})
 >>> [p.name for p in s.param_defs()][:2], s.genome({"mult.stage1": 0.5}).widths["conv1"]
@@ -57,7 +63,7 @@ import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,11 +76,6 @@ if TYPE_CHECKING:
 FORMAT = "prune-nas.space"
 VERSION = 1
 SPACES_DIR = bundled_dir("search_spaces")
-TOP_KEYS = {"format", "version", "name", "model", "width", "dataset", "input_size", "protocol", "budget",
-            "seeds", "objective", "early_stopping", "sampler", "parameters", "seed_genomes", "uniform",
-            "description", "objectives", "constraints"}
-PARAM_KINDS = ("stage_multiplier", "layer_width", "stage_sparsity")
-SAMPLERS = ("tpe", "random", "nsga2")
 COSTS = ("flops", "params", "latency")
 
 
@@ -337,22 +338,110 @@ def list_spaces() -> list[Path]:
     return sorted(SPACES_DIR.glob("*.yaml"))
 
 
+def schema() -> dict:
+    """The search-space file schema (``prune_nas/core/schema/space.schema.json``)."""
+    return _validator().schema
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    """A Draft 2020-12 validator of the space schema whose ``number`` is finite (no NaN, no infinity) and whose
+    ``integer`` is a Python int (not 2.0, not a bool), so the schema's bounds mean what they say."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    types = base.TYPE_CHECKER.redefine_many({
+        "number": lambda _, v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+    })
+    cls = jsonschema.validators.extend(base, type_checker=types)
+    text = resources.files("prune_nas.core.schema").joinpath("space.schema.json").read_text()
+    return cls(json.loads(text))
+
+
+_TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a string", "object": "a mapping",
+               "array": "a list", "boolean": "true or false", "null": "empty"}
+
+
+def _schema_error(d: Any, where: str) -> SpaceError | None:
+    """The first (shallowest) schema violation of ``d`` as one line naming the field, or None."""
+    errors = sorted(_validator().iter_errors(d), key=lambda e: (len(e.absolute_path), _field(e.absolute_path)))
+    if not errors:
+        return None
+    e = errors[0]
+    path, value, keyword = list(e.absolute_path), e.instance, e.validator
+    override = (e.schema.get("x-messages") or {}).get(keyword) if isinstance(e.schema, dict) else None
+    if keyword == "additionalProperties":
+        import difflib
+
+        known = sorted(e.schema.get("properties", {}))
+        extra = min(str(k) for k in value if k not in known)
+        close = difflib.get_close_matches(extra, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return SpaceError(where, _field([*path, extra]), f"unknown key{hint}; known: {', '.join(known)}")
+    if keyword == "required":
+        missing = next(k for k in e.validator_value if k not in value)
+        return SpaceError(where, _field([*path, missing]), "required")
+    if override:
+        problem = override if keyword in ("minProperties", "not") else f"{override}, got {value!r}"
+    elif keyword == "type":
+        wanted = [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
+        problem = f"must be {' or '.join(_TYPE_WORDS.get(t, t) for t in wanted)}, got {value!r}"
+        if isinstance(value, str) and _looks_numeric(value):
+            problem += " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
+    elif keyword == "enum":
+        problem = f"must be one of {', '.join(map(str, e.validator_value))}, got {value!r}"
+    elif keyword == "const":
+        problem = f"must be {e.validator_value!r}, got {value!r}"
+    elif keyword in _BOUNDS:
+        problem = f"must be {_BOUNDS[keyword]} {e.validator_value:g}, got {value!r}"
+    elif keyword == "uniqueItems":
+        problem = f"lists an item twice: {value!r}"
+    elif keyword == "minLength":
+        problem = "must not be empty"
+    else:
+        problem = e.message
+    return SpaceError(where, _field(path), problem)
+
+
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
+           "minItems": "a list of at least", "maxItems": "a list of at most"}
+
+
+def _field(path) -> str:
+    """``["uniform", 0]`` -> ``uniform[0]``; ``["budget", "kind"]`` -> ``budget.kind``; a key that is not a
+    plain name (a user's, e.g. with a newline) is quoted, so the message stays one line."""
+    import re
+
+    out = ""
+    for p in path:
+        p = p if isinstance(p, int) or re.fullmatch(r"[\w*.-]+", str(p), re.ASCII) else repr(p)
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse(d: Any, where: str, default_name: str) -> Space:
+    """Validate ``d`` against the schema (types, bounds, unknown keys), then what needs the registries and the
+    model (model and dataset names, protocol, objective combinations, grids, width groups, feasibility)."""
     def err(f: str, problem: str):
         return SpaceError(where, f, problem)
 
     if not isinstance(d, dict):
         raise err("", "must be a mapping (key: value lines)")
-    unknown = sorted(set(d) - TOP_KEYS)
-    if unknown:
-        raise err(unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
-    if d.get("format", FORMAT) != FORMAT:
-        raise err("format", f"expected {FORMAT!r}, got {d['format']!r}")
-    if d.get("version", VERSION) != VERSION:
-        raise err("version", f"this prune-nas reads version {VERSION}, got {d['version']!r}")
-    for key in ("model", "dataset", "parameters"):
-        if key not in d:
-            raise err(key, "required")
+    bad = _schema_error(d, where)
+    if bad is not None:
+        raise bad
     from prune_nas.core.arch import MODELS
     from prune_nas.training.data import NUM_CLASSES
     from prune_nas.training.protocol import Protocol
@@ -367,39 +456,22 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     if not isinstance(dataset, str) or dataset not in NUM_CLASSES:
         raise err("dataset", f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
     name = d.get("name") or default_name or f"{model}-{dataset}"
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not all(c.isalnum() and c.isascii() or c in "-_." for c in name):
         raise err("name", f"use letters, digits, '-', '_' and '.' only, got {name!r}")
-    width = _number(d.get("width", 1.0), "width", err, lo=0.0, lo_open=True)
+    width = float(d.get("width", 1.0))
     input_size = d.get("input_size")
-    if input_size is not None:
-        _int(input_size, "input_size", err, 1)
 
     protocol = d.get("protocol") or {}
-    if not isinstance(protocol, dict):
-        raise err("protocol", "must be a mapping of Protocol fields")
-    fields = set(Protocol.__dataclass_fields__)
-    bad = sorted(set(protocol) - fields)
-    if bad:
-        raise err(f"protocol.{bad[0]}", f"unknown field (known: {', '.join(sorted(fields))})")
     try:
         Protocol.for_dataset(dataset, **protocol)
     except (TypeError, ValueError) as e:
         raise err("protocol", str(e)) from None
 
-    budget = dict(_mapping(d.get("budget") or {"kind": "epochs"}, "budget", err))
-    bad = sorted(set(budget) - {"kind", "epochs", "cap"})
-    if bad:
-        raise err(f"budget.{bad[0]}", "unknown key (known: kind, epochs, cap)")
-    budget.setdefault("kind", "epochs")
-    if budget["kind"] not in ("epochs", "flops"):
-        raise err("budget.kind", f"use epochs (Scratch-E) or flops (Scratch-B), got {budget['kind']!r}")
-    if budget.get("epochs") is not None:
-        _int(budget["epochs"], "budget.epochs", err, 1)
-    if budget.get("cap") is not None:
-        _number(budget["cap"], "budget.cap", err, lo=0.0, lo_open=True)
-    budget = {"kind": budget["kind"], "epochs": budget.get("epochs"), "cap": budget.get("cap")}
+    budget = d.get("budget") or {}
+    budget = {"kind": budget} if isinstance(budget, str) else budget
+    budget = {"kind": budget.get("kind", "epochs"), "epochs": budget.get("epochs"), "cap": budget.get("cap")}
 
-    seeds = _int(d.get("seeds", 1), "seeds", err, 1, 100)  # each seed of each seed genome is enqueued
+    seeds = d.get("seeds", 1)
     objective = _objective(_objective_dict(d, err), err)
     es = d.get("early_stopping", None)
     if es is False or objective.multi and es is None:
@@ -408,45 +480,20 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         raise err("early_stopping", "works for single-objective studies only; remove it or set `false`")
     else:
         es = {} if es in (None, True) else es
-        if not isinstance(es, dict):
-            raise err("early_stopping", "must be a mapping, true or false")
-        bad = sorted(set(es) - {"warmup_epochs", "startup_trials"})
-        if bad:
-            raise err(f"early_stopping.{bad[0]}", "unknown key (known: warmup_epochs, startup_trials)")
-        early = {"warmup_epochs": _int(es.get("warmup_epochs", 1), "early_stopping.warmup_epochs", err, 0),
-                 "startup_trials": _int(es.get("startup_trials", 5), "early_stopping.startup_trials", err, 0)}
+        early = {"warmup_epochs": es.get("warmup_epochs", 1), "startup_trials": es.get("startup_trials", 5)}
 
-    sampler = dict(_mapping(d.get("sampler") or {}, "sampler", err))
-    bad = sorted(set(sampler) - {"kind", "seed", "startup_trials"})
-    if bad:
-        raise err(f"sampler.{bad[0]}", "unknown key (known: kind, seed, startup_trials)")
+    sampler = dict(d.get("sampler") or {})
     sampler.setdefault("kind", "tpe")
-    if sampler["kind"] not in SAMPLERS:
-        raise err("sampler.kind", f"use one of {', '.join(SAMPLERS)}, got {sampler['kind']!r}")
     if sampler["kind"] == "nsga2" and not objective.multi:
         raise err("sampler.kind", "nsga2 is for multi-objective studies; use tpe")
-    sampler["seed"] = None if sampler.get("seed") is None else _int(sampler["seed"], "sampler.seed", err, 0)
-    sampler["startup_trials"] = _int(sampler.get("startup_trials", 10), "sampler.startup_trials", err, 0)
+    sampler["seed"] = sampler.get("seed")
+    sampler["startup_trials"] = sampler.get("startup_trials", 10)
 
-    params = d["parameters"]
-    if not isinstance(params, dict) or not params:
-        raise err("parameters", f"declare at least one of {', '.join(PARAM_KINDS)}")
-    parsed: dict[str, dict] = {}
-    for kind, spec in params.items():
-        if kind not in PARAM_KINDS:
-            raise err(f"parameters.{kind}", f"unknown parameter kind (known: {', '.join(PARAM_KINDS)})")
-        parsed[kind] = _param(kind, spec, err)
-
+    parsed = {kind: _param(kind, spec, err) for kind, spec in d["parameters"].items()}
     seed_genomes = d.get("seed_genomes") or []
     if isinstance(seed_genomes, str):
         seed_genomes = [seed_genomes]
-    if not isinstance(seed_genomes, list) or not all(isinstance(s, str) and s for s in seed_genomes):
-        raise err("seed_genomes", "must be a list of genome files, globs or names")
-    uniform = d.get("uniform") or []
-    if not isinstance(uniform, list):
-        raise err("uniform", "must be a list of ratios in (0, 1) (fraction of channels removed)")
-    uniform = [_number(u, f"uniform[{i}]", err, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-               for i, u in enumerate(uniform)]
+    uniform = [float(u) for u in d.get("uniform") or []]
 
     space = Space(model=model, dataset=dataset, parameters=parsed, name=name, width=width,
                   input_size=input_size, protocol=dict(protocol), budget=budget, seeds=seeds,
@@ -495,89 +542,42 @@ def _objective_dict(d: dict, err) -> Any:
     return {**head, **constraints}
 
 
-def _objective(o: Any, err) -> Objective:
-    if not isinstance(o, dict):
-        raise err("objective", "must be a mapping: {maximize: accuracy, max_flops: ...} or {multi: [...]}")
-    bad = sorted(set(o) - {"maximize", "multi", "max_flops", "max_params", "max_latency_ms"})
-    if bad:
-        raise err(f"objective.{bad[0]}", "unknown key (known: maximize, multi, max_flops, max_params, "
-                                         "max_latency_ms)")
-    if "multi" in o and "maximize" in o:
-        raise err("objective", "give either `maximize` (with constraints) or `multi`, not both")
-    limits = {k: _number(o[k], f"objective.{k}", err, lo=0.0, lo_open=True)
-              for k in ("max_flops", "max_params", "max_latency_ms") if o.get(k) is not None}
+def _objective(o: dict, err) -> Objective:
+    """The objective (types and bounds are the schema's): a Pareto pair, or accuracy under constraints."""
+    limits = {k: float(o[k]) for k in ("max_flops", "max_params", "max_latency_ms") if o.get(k) is not None}
     if "multi" in o:
         m = o["multi"]
-        if (not isinstance(m, list) or len(m) != 2 or m[0] != "accuracy" or m[1] not in COSTS):
+        if len(m) != 2 or m[0] != "accuracy" or m[1] not in COSTS:
             raise err("objective.multi", f"must be [accuracy, flops], [accuracy, params] or "
                                          f"[accuracy, latency], got {m!r}")
         return Objective(tuple(m), **limits)
-    if o.get("maximize", "accuracy") != "accuracy":
-        raise err("objective.maximize", f"only accuracy (final test top-1) is supported, got "
-                                        f"{o['maximize']!r}")
     return Objective(("accuracy",), **limits)
 
 
-def _param(kind: str, spec: Any, err) -> dict:
+def _param(kind: str, spec: dict, err) -> dict:
+    """One parameter's grid (types are the schema's): the range's bounds depend on the kind, and the step
+    must divide it."""
     f = f"parameters.{kind}"
-    if not isinstance(spec, dict):
-        raise err(f, "must be a mapping with `range: [lo, hi]` and `step`")
-    allowed = {"range", "step"} | ({"groups"} if kind == "layer_width" else set())
-    bad = sorted(set(spec) - allowed)
-    if bad:
-        raise err(f"{f}.{bad[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
-    r = spec.get("range")
-    if not isinstance(r, list) or len(r) != 2:
-        raise err(f"{f}.range", "must be [lo, hi]")
     sparse = kind == "stage_sparsity"
-    lo = _number(r[0], f"{f}.range", err, lo=0.0, hi=1.0, lo_open=not sparse, hi_open=sparse)
-    hi = _number(r[1], f"{f}.range", err, lo=0.0, hi=1.0, lo_open=not sparse, hi_open=sparse)
+    lo, hi = (float(x) for x in spec["range"])
+    for v in (lo, hi):
+        if (v < 0 or v > 1) or (sparse and v == 1) or (not sparse and v == 0):
+            raise err(f"{f}.range", f"must be in {'[0, 1)' if sparse else '(0, 1]'}, got {v:g}")
     if lo > hi:
         raise err(f"{f}.range", f"lo {lo} is above hi {hi}")
-    step = _number(spec.get("step", 0.05), f"{f}.step", err, lo=0.0, lo_open=True)
+    step = float(spec.get("step", 0.05))
     n = (hi - lo) / step
     if abs(n - round(n)) > 1e-6:
         raise err(f"{f}.step", f"(hi - lo) = {hi - lo:g} is not a whole number of steps of {step:g}")
     out: dict[str, Any] = {"range": [lo, hi], "step": step}
     if kind == "layer_width":
         groups = spec.get("groups", "all")
-        if groups != "all":
-            if isinstance(groups, str):
-                groups = [groups]
-            if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-                raise err(f"{f}.groups", "must be `all` or a list of width-group names / globs")
-        out["groups"] = groups
+        out["groups"] = [groups] if isinstance(groups, str) and groups != "all" else groups
     return out
 
 
 def _range(spec: Mapping) -> tuple[float, float, float]:
     return float(spec["range"][0]), float(spec["range"][1]), float(spec["step"])
-
-
-def _number(v: Any, f: str, err, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            hi_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise err(f, f"must be a number, got {v!r}")
-    v = float(v)
-    below = lo is not None and (v < lo or (lo_open and v == lo))
-    above = hi is not None and (v > hi or (hi_open and v == hi))
-    if below or above:
-        lo_s = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}"
-        hi_s = f"{hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
-        raise err(f, f"must be in {lo_s}, {hi_s}, got {v:g}")
-    return v
-
-
-def _mapping(v: Any, f: str, err) -> Mapping:
-    if not isinstance(v, Mapping):
-        raise err(f, f"must be a mapping, got {v!r}")
-    return v
-
-
-def _int(v: Any, f: str, err, lo: int, hi: int = 10**9) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise err(f, f"must be an integer in [{lo}, {hi}], got {v!r}")
-    return v
 
 
 def _plain(v):
