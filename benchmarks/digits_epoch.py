@@ -20,7 +20,8 @@ from prune_nas.training.protocol import Protocol
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vgg11:0.25:16,vgg11:0.25:32,resnet20:1:32,vgg16:1:32")
     parser.add_argument("--engines", default="eager,fast")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -1,5 +1,6 @@
-"""How fast generic genomes are costed: the first analysis of torchvision ResNet-50 (Torch-Pruning graph on the
-meta device, FlopCounterMode check) and then genomes with random widths per second from the cached analysis.
+"""How fast generic genomes are costed: the first analysis of torchvision ResNet-50 (Torch-Pruning graph on
+the meta device, FlopCounterMode check) and then genomes with random widths per second from the cached
+analysis.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/generic_cost.py   # prints JSON
 """
@@ -28,7 +29,8 @@ def main() -> None:
     base = base_genome("torchvision:resnet50", num_classes=1000, input_size=224)
     first = time.perf_counter() - start
     rng = random.Random(0)
-    genomes = [base.replace(widths={g: rng.randint(1, w) for g, w in base.widths.items()}) for _ in range(200)]
+    genomes = [base.replace(widths={g: rng.randint(1, w) for g, w in base.widths.items()})
+               for _ in range(200)]
     start = time.perf_counter()
     for g in genomes:
         count(g)

@@ -30,7 +30,8 @@ def probe(engine, n=3):
             gc.collect()
             referrers = [type(r).__name__ for r in gc.get_referrers(model) if r is not globals()]
             grads = sum(p.grad is not None for p in model.parameters())
-            print(json.dumps({"engine": str(engine), "referrers": referrers, "grads_left": grads}), flush=True)
+            print(json.dumps({"engine": str(engine), "referrers": referrers, "grads_left": grads}),
+                  flush=True)
         del model
         gc.collect()
         torch.cuda.synchronize()

@@ -6,8 +6,8 @@ ratio to the plain loop.
 
 * plain: a DataLoader with worker processes doing per-image crop + flip on the CPU, fp32, eager,
   ``torch.optim.SGD`` -- how a training script is usually written.
-* engine: ``prune_nas.training.engine`` -- data on the device, epoch-level batched augmentation, bf16 autocast,
-  channels_last, the whole step as one CUDA graph (on CPU: fp32, no graph).
+* engine: ``prune_nas.training.engine`` -- data on the device, epoch-level batched augmentation, bf16
+  autocast, channels_last, the whole step as one CUDA graph (on CPU: fp32, no graph).
 * concurrent: N engine processes on the same device at once (MPS daemon started when possible; whether it
   ran is reported), total images/s over the window in which all of them were running.
 
@@ -145,7 +145,8 @@ def _sync(device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vgg16-l1,vgg16-a,resnet56")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 300 CUDA, 8 CPU)")
     parser.add_argument("--procs", type=int, default=4, help="concurrent engine processes")
@@ -168,7 +169,8 @@ def main() -> None:
         t0 = time.perf_counter()
         plain = plain_loop(name, data, device, steps if cuda else steps, warmup, args.workers if cuda else 0)
         fast = engine_loop(name, data, device, steps, warmup)
-        row = {"plain_img_s": round(plain), "engine_img_s": round(fast), "engine_vs_plain": round(fast / plain, 2)}
+        row = {"plain_img_s": round(plain), "engine_img_s": round(fast),
+               "engine_vs_plain": round(fast / plain, 2)}
         if cuda and not args.no_concurrent:
             together = concurrent(name, device, args.procs, steps * 2, warmup)
             row.update({"concurrent_procs": args.procs, "concurrent_img_s": round(together),

@@ -1,4 +1,5 @@
-"""Every registered model: builds from random valid genomes, runs forward, and costs exactly what it builds."""
+"""Every registered model: builds from random valid genomes, runs forward, and costs exactly what it
+builds."""
 
 import random
 

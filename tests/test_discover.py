@@ -20,11 +20,13 @@ def test_slimming_end_to_end_and_cache_reuse(tmp_path):
     kw = {"dataset": "digits", "epochs": 1, "out_dir": tmp_path / "out", "store_root": tmp_path / "store",
               "progress": False, "log": logs.append}
     first = discover("slimming", ratio=0.5, **kw)
-    assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0-1ep.json"  # 1 epoch, not digits' default 20
+    # 1 epoch, not digits' default 20
+    assert first.path.name == "vgg11-x0.25-digits-slimming-r0.5-s0-1ep.json"
     g = load_genome(first.path)  # validates
     prov = g.provenance
     assert prov["method"] == "slimming" and prov["dataset"] == "digits" and prov["seed"] == 0
-    assert prov["pruned_from"]["large_model"]["epochs"] == 1 and 0 <= prov["pruned_from"]["large_model"]["test_top1"] <= 1
+    assert prov["pruned_from"]["large_model"]["epochs"] == 1
+    assert 0 <= prov["pruned_from"]["large_model"]["test_top1"] <= 1
     assert prov["weights"]["file"] == first.weights.name and "torch_version" in prov
     # the effective s (schedule-scaled: 1 epoch of 23 steps) and how it was derived
     training = prov["pruned_from"]["large_model"]["training"]
@@ -93,7 +95,8 @@ PINNED_PLAIN_KEY = "a2912bb6b5b73be5"
 
 
 def test_run_names():
-    assert run_name("vgg19", 1.0, "cifar10", "slimming", {"ratio": 0.7}, 0) == "vgg19-cifar10-slimming-r0.7-s0"
+    assert run_name("vgg19", 1.0, "cifar10", "slimming", {"ratio": 0.7},
+                    0) == "vgg19-cifar10-slimming-r0.7-s0"
     assert run_name("resnet56", 1.0, "cifar10", "l1-norm", {"config": "B", "ratio": None}, 1) == \
         "resnet56-cifar10-l1-norm-cB-s1"
     assert run_name("vgg11", 0.25, "digits", "uniform", {"ratio": 0.5, "sparsity": True}, 0) == \
@@ -110,7 +113,8 @@ def test_run_names_tell_settings_apart():
     assert name(epochs=160, input_size=32) == "vgg19-cifar10-slimming-r0.7-s0"  # the defaults: the short name
     assert name(epochs=40) == "vgg19-cifar10-slimming-r0.7-s0-40ep"
     assert name(input_size=24) == "vgg19-cifar10-slimming-r0.7-s0-24px"
-    assert name(epochs=40, input_size=24, params={"s": 1e-3}) == "vgg19-cifar10-slimming-r0.7-s0-40ep-24px-s=0.001"
+    assert name(epochs=40, input_size=24,
+                params={"s": 1e-3}) == "vgg19-cifar10-slimming-r0.7-s0-40ep-24px-s=0.001"
     assert name(params={"s": None}) == "vgg19-cifar10-slimming-r0.7-s0"
     assert run_name("vgg19", 1.0, "cifar10", "slimming", {"ratio": 0.7}, None, epochs=40) == \
         "vgg19-cifar10-slimming-r0.7-40ep"  # seed None: no seed part (evaluate's table folders)
@@ -125,7 +129,8 @@ def test_run_names_tell_settings_apart():
     assert run_name("resnet56", 1.0, "cifar10", "l1-norm", {"ratio": 0.3, "skip": ()}, 1) == \
         "resnet56-cifar10-l1-norm-r0.3-s1"
     thinet = {"ratio": 0.3, "samples": 1000, "images": 64, "ridge": 1e-3}
-    assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "seed": 1}, 1) == "vgg16-cifar10-thinet-r0.3-s1"
+    assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "seed": 1},
+                    1) == "vgg16-cifar10-thinet-r0.3-s1"
     assert run_name("vgg16", 1.0, "cifar10", "thinet", {**thinet, "samples": 200, "seed": 3}, 1) == \
         "vgg16-cifar10-thinet-r0.3-s1-samples=200-seed=3"
 

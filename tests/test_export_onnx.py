@@ -77,7 +77,8 @@ def test_cli_export_onnx_and_errors(tmp_path, capsys):
     torch.save(build(small("vgg13")).state_dict(), tmp_path / "other.pt")
     for argv, msg in [
         ([], "give --out"),
-        (["--onnx", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "bad.pt")], "not a torch state dict"),
+        (["--onnx", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "bad.pt")],
+         "not a torch state dict"),
         (["--onnx", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "other.pt")], "does not fit"),
         (["--onnx", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "none.pt")], "not found"),
         (["--out", str(tmp_path / "x.json"), "--weights", str(tmp_path / "other.pt")], "goes with --onnx"),

@@ -25,12 +25,16 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.inner = nn.Sequential(nn.Conv2d(width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-                                   nn.Conv2d(2 * width, 2 * width, 3, padding=1, groups=2 * width, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.inner = nn.Sequential(nn.Conv2d(width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width),
+                                   nn.ReLU(),
+                                   nn.Conv2d(2 * width, 2 * width, 3, padding=1, groups=2 * width,
+                                             bias=False),
                                    nn.BatchNorm2d(2 * width), nn.ReLU(),
                                    nn.Conv2d(2 * width, width, 1, bias=False), nn.BatchNorm2d(width))
-        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width),
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                                  nn.BatchNorm2d(2 * width),
                                   nn.ReLU())
         self.fc = nn.Linear(2 * width, num_classes)
 
@@ -86,7 +90,8 @@ def test_round_trip_cost_and_build(model):
     assert base.family == "generic" and base.widths == base.groups.base_widths()
     g = _random_widths(base)
     again = Genome.from_json(g.to_json())
-    assert again == g and again.key == g.key and json.loads(g.to_json())["model_args"] == {"kwargs": {}, "fixed": []}
+    assert again == g and again.key == g.key and json.loads(g.to_json())["model_args"] \
+        == {"kwargs": {}, "fixed": []}
     net = prune_nas.build(g).eval()
     cost = count(g)
     assert sum(p.numel() for p in net.parameters()) == cost.params

@@ -178,9 +178,9 @@ def test_coupling_graph_groups_residual_adds():
 
 def test_imports_go_downward():
     """genome / graph / cost / library know nothing of training, methods or search (DESIGN.md)."""
-    code = ("import sys, prune_nas.core.genome, prune_nas.core.cost, prune_nas.core.library, prune_nas.core.graph;"
-            "print(sorted(m for m in sys.modules if m.startswith(('prune_nas.training', 'prune_nas.methods', "
-            "'prune_nas.design', 'prune_nas.search', 'prune_nas.repro', 'optuna'))))")
+    code = ("import sys, prune_nas.core.genome, prune_nas.core.cost, prune_nas.core.library, "
+            "prune_nas.core.graph;print(sorted(m for m in sys.modules if m.startswith(('prune_nas.training', "
+            "'prune_nas.methods', 'prune_nas.design', 'prune_nas.search', 'prune_nas.repro', 'optuna'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

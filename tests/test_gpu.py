@@ -67,7 +67,8 @@ def test_masked_weights_stay_zero_inside_the_graph(tmp_path):
 
     g = base_genome("vgg11", width_mult=0.25)
     rng = np.random.default_rng(0)
-    masks = {op.name: rng.random((op.cout, op.cin, op.k, op.k)) < 0.3 for op in ops_of(g) if op.kind == "conv"}
+    masks = {op.name: rng.random((op.cout, op.cin, op.k, op.k)) < 0.3
+             for op in ops_of(g) if op.kind == "conv"}
     sha = save_masks(masks, tmp_path / "m.npz")
     sparse = dataclasses.replace(g, sparsity=Sparsity(mask=MaskRef("m.npz", sha)), source_dir=tmp_path)
     g = load_genome(save_genome(sparse, tmp_path / "g.json"))

@@ -45,22 +45,27 @@ def installed(tmp_path_factory):
     src = _tracked_copy(tmp / "src")
     wheels = tmp / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(wheels), str(src)], check=True, capture_output=True)
+                    "--disable-pip-version-check", "-w", str(wheels), str(src)], check=True,
+                   capture_output=True)
     (wheel,) = wheels.glob("prune_nas-*.whl")
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  env=_clean_env(), capture_output=True, text=True, check=True).stdout.strip())
+    purelib = Path(subprocess.run([str(py), "-c",
+                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  env=_clean_env(), capture_output=True, text=True,
+                                  check=True).stdout.strip())
     # Dependencies from the test environment; its own (editable) prune_nas is not visible from there.
     (purelib / "deps-from-test-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--disable-pip-version-check", str(wheel)], env=_clean_env(), check=True, capture_output=True)
+                    "--disable-pip-version-check", str(wheel)], env=_clean_env(), check=True,
+                   capture_output=True)
     return env_dir, purelib
 
 
 def _clean_env() -> dict[str, str]:
-    # No PYTHONPATH (it would put a checkout before the wheel) and no PRUNE_NAS_HOME (outputs go to ./artifacts).
+    # No PYTHONPATH (it would put a checkout before the wheel) and no PRUNE_NAS_HOME (outputs go to
+    # ./artifacts).
     env = {k: v for k, v in os.environ.items() if k not in ("PRUNE_NAS_HOME", "PYTHONPATH")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
@@ -76,7 +81,8 @@ def test_wheel_runs_from_an_empty_folder(installed, tmp_path):
     work = tmp_path / "empty"
     work.mkdir()
     before = _snapshot(purelib)
-    where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import prune_nas; print(prune_nas.__file__)"],
+    where = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import prune_nas; print(prune_nas.__file__)"],
                            cwd=work, env=_clean_env(), capture_output=True, text=True, check=True).stdout
     assert str(purelib) in where, where  # the wheel, not the checkout
 

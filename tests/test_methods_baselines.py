@@ -109,7 +109,8 @@ def test_every_family_gives_a_valid_genome_without_training(model, method):
 
 @pytest.mark.parametrize("model, kw", [
     ("vgg11", {"width_mult": 0.125, "input_size": 16}), ("resnet20", {"width_mult": 0.25, "input_size": 8}),
-    ("preresnet110", {"width_mult": 0.25, "input_size": 8}), ("densenet40", {"width_mult": 0.5, "input_size": 8}),
+    ("preresnet110", {"width_mult": 0.25, "input_size": 8}),
+    ("densenet40", {"width_mult": 0.5, "input_size": 8}),
 ])
 def test_random_with_a_model_builds(model, kw):
     g = base_genome(model, **kw)

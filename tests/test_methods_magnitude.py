@@ -1,5 +1,5 @@
-"""Magnitude pruning: exactly the requested global sparsity, one global threshold, deterministic ties, no layer
-emptied, and per-stage 3x3 keep maps computed from the exact masks."""
+"""Magnitude pruning: exactly the requested global sparsity, one global threshold, deterministic ties, no
+layer emptied, and per-stage 3x3 keep maps computed from the exact masks."""
 
 import numpy as np
 import pytest
@@ -97,5 +97,6 @@ def test_every_family_gives_a_valid_buildable_genome(model, kw, tmp_path):
     small.load_state_dict(res.state_dict, strict=False)
     for name, mask in res.masks.items():
         w = small.get_submodule(name).weight
-        assert torch.equal(w != 0, torch.as_tensor(mask) & (w != 0)) and (w[~torch.as_tensor(mask)] == 0).all()
+        assert torch.equal(w != 0, torch.as_tensor(mask) & (w != 0))
+        assert (w[~torch.as_tensor(mask)] == 0).all()
     assert small.eval()(torch.randn(2, 3, g.input_size, g.input_size)).shape == (2, 10)

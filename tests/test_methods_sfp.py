@@ -22,7 +22,8 @@ def _zero_filters(model, convs):
 
 def test_pruned_count_is_the_reference_rate_complement():
     # the reference zeroes int(n * (1 - rate)) filters; --rate 0.7 is ratio 0.3 here
-    assert [pruned_count(n, 0.3) for n in (4, 8, 10, 16, 64)] == [int(n * (1 - 0.7)) for n in (4, 8, 10, 16, 64)]
+    assert [pruned_count(n, 0.3) for n in (4, 8, 10, 16, 64)] \
+        == [int(n * (1 - 0.7)) for n in (4, 8, 10, 16, 64)]
     assert pruned_count(10, 0.9) == 9 and pruned_count(1, 0.5) == 0
 
 
@@ -90,7 +91,8 @@ def test_prune_removes_the_zeroed_filters():
 
 
 def test_discover_end_to_end_on_digits(tmp_path):
-    d = discover("sfp", dataset="digits", ratio=0.5, epochs=1, out_dir=tmp_path, store_root=tmp_path / "store",
+    d = discover("sfp", dataset="digits", ratio=0.5, epochs=1, out_dir=tmp_path,
+                 store_root=tmp_path / "store",
                  progress=False, log=lambda s: None)
     assert d.path.name == "resnet20-x0.25-digits-sfp-r0.5-s0-1ep.json"
     assert d.genome.widths["stage1.block0.conv1"] == 2 and d.genome.widths["stage3.block2.conv1"] == 8

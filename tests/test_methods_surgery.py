@@ -1,4 +1,5 @@
-"""Channel surgery: layer metadata is consistent, whole keeps are exact, pruned channels carry their weights."""
+"""Channel surgery: layer metadata is consistent, whole keeps are exact, pruned channels carry their
+weights."""
 
 import random
 
@@ -113,7 +114,8 @@ def test_removing_silent_channels_is_exact(model):
     assert all(small.widths[g] == len(v) for g, v in keep.items())
     x = torch.randn(3, large.in_channels, large.input_size, large.input_size)
     want = big(x).detach()  # deep random nets reach large activations: compare relative to the output scale
-    torch.testing.assert_close(_pair(large, state, small)(x), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    torch.testing.assert_close(_pair(large, state, small)(x), want, rtol=0,
+                               atol=1e-5 * float(want.abs().max()))
 
 
 def test_vgg_kept_filters_are_the_large_models_weights():
@@ -122,7 +124,8 @@ def test_vgg_kept_filters_are_the_large_models_weights():
     keep = {"conv1": [1, 4, 6], "conv3": [0, 2, 5, 31]}
     small, state = shrink(large, big, keep)
     sd = big.state_dict()
-    assert small.widths["conv1"] == 3 and small.widths["conv3"] == 4 and small.widths["conv2"] == large.widths["conv2"]
+    assert small.widths["conv1"] == 3 and small.widths["conv3"] == 4
+    assert small.widths["conv2"] == large.widths["conv2"]
     assert torch.equal(state["features.conv1.weight"], sd["features.conv1.weight"][[1, 4, 6]])
     assert torch.equal(state["features.conv2.weight"], sd["features.conv2.weight"][:, [1, 4, 6]])
     for k in ("weight", "bias", "running_mean", "running_var"):
@@ -151,7 +154,8 @@ def test_densenet_selections_follow_pruned_producers():
     g = large.widths["dense1.layer0.conv1"]  # growth 6 at this width
     stem = large.widths["stem"]
     # layer0 keeps 3 of its output channels; layer1 reads the stem and the kept ones only
-    keep = {"dense1.layer0.conv1": [0, 2, 4], "dense1.layer1.select": list(range(stem)) + [stem + 0, stem + 4]}
+    keep = {"dense1.layer0.conv1": [0, 2, 4],
+            "dense1.layer1.select": list(range(stem)) + [stem + 0, stem + 4]}
     small, state = shrink(large, big, keep)
     assert small.widths["dense1.layer1.select"] == stem + 2
     assert state["dense1.layer1.select.index"].tolist() == list(range(stem)) + [stem + 0, stem + 2]

@@ -1,4 +1,5 @@
-"""Pattern mining: width and kernel averages on hand-made genomes with known answers, files, figures, errors."""
+"""Pattern mining: width and kernel averages on hand-made genomes with known answers, files, figures,
+errors."""
 
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def vgg_runs(folder: Path) -> list[Path]:
     g = base_genome("vgg16")
     half = {n: w // 2 for n, w in g.widths.items()}
     runs = [g.replace(widths=half, provenance={"method": "slimming", "dataset": "cifar10", "seed": 0}),
-            g.replace(widths={**g.widths, "conv13": 128}, provenance={"method": "slimming", "dataset": "cifar10",
+            g.replace(widths={**g.widths, "conv13": 128},
+                      provenance={"method": "slimming", "dataset": "cifar10",
                                                                       "seed": 1})]
     return [save_genome(r, folder / f"vgg16-cifar10-slimming-r0.4-s{i}.json") for i, r in enumerate(runs)]
 
 
 def sparse_runs(folder: Path, model: str = "resnet20") -> list[Path]:
-    """Two weight-pruned runs with masks: every 3x3 kernel keeps the cross in run 0 and the centre in run 1."""
+    """Two weight-pruned runs with masks: every 3x3 kernel keeps the cross in run 0 and the centre in run
+    1."""
     g = base_genome(model)
     out = []
     for seed, kernel in enumerate((CROSS, CENTER)):
@@ -102,7 +105,8 @@ def test_kernel_pattern_from_masks_known(tmp_path):
         assert s["density"] == pytest.approx(3 / 9)
     layer = p.sparse["layers"][0]
     assert layer["mean"] == pytest.approx(3 / 9) and layer["std"] == pytest.approx(2 / 9)
-    assert p.sparse["stages"][0]["kernels"] == 2 * sum(op.cout * op.cin for op in conv_ops(base_genome("resnet20"))
+    assert p.sparse["stages"][0]["kernels"] == 2 * sum(op.cout * op.cin
+                                                       for op in conv_ops(base_genome("resnet20"))
                                                        .values() if op.stage == 1)
 
 
@@ -126,7 +130,8 @@ def test_pattern_file_round_trip_and_sources(tmp_path):
     data = json.loads(path.read_text())
     assert data["format"] == "prune-nas.pattern" and data["version"] == 1 and data["runs"] == 2
     assert [s["file"] for s in data["sources"]] == [f.as_posix() for f in files]
-    assert [s["seed"] for s in data["sources"]] == [0, 1] and all(len(s["key"]) == 16 for s in data["sources"])
+    assert [s["seed"] for s in data["sources"]] == [0, 1]
+    assert all(len(s["key"]) == 16 for s in data["sources"])
     q = load_pattern(path)
     assert q == p
 
@@ -175,7 +180,8 @@ def test_mixed_datasets_methods_and_dense_sparse_refused(tmp_path):
     with pytest.raises(UserError, match="different method"):
         mine([a, c])
     sparse = sparse_runs(tmp_path)
-    dense = save_genome(g.replace(provenance={"method": "magnitude", "dataset": "digits"}), tmp_path / "d.json")
+    dense = save_genome(g.replace(provenance={"method": "magnitude", "dataset": "digits"}),
+                        tmp_path / "d.json")
     with pytest.raises(UserError, match="dense and sparse"):
         mine([sparse[0], dense])
 
@@ -185,7 +191,8 @@ def test_run_info_from_file_name_or_provenance():
     info = run_info(g, "x/vgg16-l1-cifar100-l1-norm-r0.5-s3.json")
     assert info == {"dataset": "cifar100", "method": "l1-norm", "ratio": 0.5, "seed": 3}
     g2 = g.replace(provenance={"method": "slimming", "dataset": "digits", "seed": 9})
-    assert run_info(g2, "whatever.json") == {"dataset": "digits", "method": "slimming", "ratio": None, "seed": 9}
+    assert run_info(g2, "whatever.json") == {"dataset": "digits", "method": "slimming", "ratio": None,
+                                             "seed": 9}
 
 
 def test_expand_paths_globs_and_errors(tmp_path):

@@ -9,7 +9,8 @@ from prune_nas.training.store import Store
 
 def test_two_processes_train_two_candidates_into_one_store(tmp_path):
     store = Store(tmp_path / "store")
-    specs = [RunSpec(base_genome("vgg11", width_mult=w, input_size=16), "synthetic", Protocol(epochs=1), seed=0)
+    specs = [RunSpec(base_genome("vgg11", width_mult=w, input_size=16), "synthetic", Protocol(epochs=1),
+                     seed=0)
              for w in (0.125, 0.25)]
     records, mps = train_concurrently(specs, store, procs=2, device="cpu", engine="fast")
     assert [r["key"] for r in records] == [s.key for s in specs]

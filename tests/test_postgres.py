@@ -157,4 +157,5 @@ def test_fifteen_second_outage_is_ridden_out(tmp_path):
     assert len(done) == len(set(done))  # no candidate x seed trained into two completed trials
     for t in final:  # an interrupted trial has a finished retry
         if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs:
-            assert any(r.system_attrs.get("failed_trial") == t.number and r.state.is_finished() for r in final)
+            assert any(r.system_attrs.get("failed_trial") == t.number and r.state.is_finished()
+                       for r in final)

@@ -1,5 +1,5 @@
-"""Reports: the paper's table layout (mean ± std, best bold, significance marks), CSV numbers, the figures, and
-finding run folders. Built from hand-made manifests, so nothing trains here."""
+"""Reports: the paper's table layout (mean ± std, best bold, significance marks), CSV numbers, the figures,
+and finding run folders. Built from hand-made manifests, so nothing trains here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from prune_nas.repro.report import comparison_cells, comparison_markdown, curve_
 
 
 def _row(index=0, **kw) -> dict:
-    row = {"index": index, "model": "vgg11", "dataset": "digits", "method": "slimming", "params": {"ratio": 0.5},
+    row = {"index": index, "model": "vgg11", "dataset": "digits", "method": "slimming",
+           "params": {"ratio": 0.5},
            "label": "VGG-11 50%", "seeds": [0, 1, 2], "epochs": 3, "finetune_epochs": 2, "width": 0.125,
            "input_size": 16, "budgets": ["finetune", "scratch-e", "scratch-b"], "budget": "scratch-e",
            "ratios": [], "series": [], "source": None, "reported": {}}
@@ -27,7 +28,8 @@ def _row(index=0, **kw) -> dict:
 
 def _manifest(kind="comparison", rows=None, runs=None, layout="absolute", patterns=()) -> dict:
     return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "status": "complete", "scale": "smoke",
-            "spec": {"name": "t", "title": "A title", "paper": "Table 4", "kind": kind, "description": "About.",
+            "spec": {"name": "t", "title": "A title", "paper": "Table 4", "kind": kind,
+                     "description": "About.",
                      "file": "experiments/t.yaml"},
             "plan": {"scale": "smoke", "layout": layout, "note": "A smoke note.", "rows": rows or [_row()]},
             "progress": {"done": len(runs or []), "total": len(runs or []), "reused": 0}, "runs": runs or [],
@@ -43,7 +45,8 @@ ACC = {"unpruned": [0.90, 0.91, 0.92], "finetune": [0.80, 0.81, 0.79], "scratch-
 def _comparison_runs(acc=ACC, row=0) -> list[dict]:
     runs = []
     for seed in range(3):
-        runs.append({"role": "prune", "row": row, "seed": seed, "params": 300, "base_params": 1000, "flops": 20,
+        runs.append({"role": "prune", "row": row, "seed": seed, "params": 300, "base_params": 1000,
+                     "flops": 20,
                      "base_flops": 100, "status": "ok"})
         for col, vals in acc.items():
             runs.append({"role": col, "row": row, "seed": seed, "status": "ok", "final_top1": vals[seed],
@@ -122,7 +125,8 @@ def test_incomplete_run_says_so(tmp_path):
 
 
 def _curve_manifest():
-    row = _row(ratios=[0.3, 0.6], series=["pruned", "uniform", "guided", "transferred"], source="vgg16-digits",
+    row = _row(ratios=[0.3, 0.6], series=["pruned", "uniform", "guided", "transferred"],
+               source="vgg16-digits",
                label="Guided Pruning", params={})
     runs = []
     for series, shift in (("pruned", 0.0), ("uniform", -0.05), ("guided", -0.01), ("transferred", -0.02)):
@@ -163,7 +167,8 @@ def _pattern_run(tmp_path, kind: str) -> Path:
             g = base.replace(widths={**base.widths, "conv8": 16 + seed, "conv1": 4}, provenance=prov)
         else:
             keep = {str(s): [[0.2, 0.5, 0.2], [0.5, 0.9, 0.5], [0.2, 0.5, 0.2]] for s in range(1, 6)}
-            g = base.replace(sparsity=Sparsity(density={"features.conv1": 0.5}, kernel_keep=keep), provenance=prov)
+            g = base.replace(sparsity=Sparsity(density={"features.conv1": 0.5}, kernel_keep=keep),
+                             provenance=prov)
         genomes.append(g)
     run = tmp_path / "r"
     files = [str(save_genome(g, run / "genomes" / f"g{i}.json")) for i, g in enumerate(genomes)]
@@ -251,8 +256,8 @@ def test_paper_vs_ours_per_cell_and_verdict(tmp_path):
     assert "## Paper vs ours" in md
     assert "| VGG-11 50% | Fine-tuned | 80.00 ± 1.00 | 81.00 ± 0.50 | -1.00 | no | yes |" in md
     assert "| VGG-11 50% | Scratch-E | 80.17 ± 1.04 | 80.00 ± 0.10 [1] | +0.17 | no | yes |" in md
-    assert ("[1] VGG-11 50%, Scratch-E: the paper's 80.00 (source: paper); the reference code's README reports "
-            "80.1.") in md
+    assert ("[1] VGG-11 50%, Scratch-E: the paper's 80.00 (source: paper); the reference code's README "
+            "reports 80.1.") in md
     assert ("- **VGG-11 50%** (digits): paper: scratch >= fine-tuned (Scratch-B 93.00 vs Fine-tuned 81.00); "
             "this run: holds (Scratch-B 95.00 vs Fine-tuned 80.00); agrees with the paper.") in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "paper_vs_ours.csv").read_text())))

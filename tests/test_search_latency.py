@@ -35,7 +35,8 @@ def plant(space: Space, ms_by_origin: dict[str, float]) -> None:
     for genome, origin in seed_genomes(space, log=lambda s: None):
         ms = ms_by_origin[origin]
         remember(default_cache_path(), Latency(genome.key, "cpu", device_name("cpu"), torch.__version__, 1,
-                                               "float32", torch.get_num_threads(), ms, ms * 0.99, ms * 1.01, 10,
+                                               "float32", torch.get_num_threads(), ms, ms * 0.99, ms * 1.01,
+                                               10,
                                                1))
 
 
@@ -73,7 +74,8 @@ def test_latency_constraint_marks_infeasible_trials_for_optuna(home):
 
 
 def test_accuracy_latency_front_with_nsga2_and_a_limit(home):
-    space = Space.from_dict(space_dict(objectives=["accuracy", "latency"], constraints={"max_latency_ms": 5.0},
+    space = Space.from_dict(space_dict(objectives=["accuracy", "latency"],
+                                       constraints={"max_latency_ms": 5.0},
                                        sampler={"kind": "nsga2", "seed": 0}, uniform=[0.25, 0.5, 0.75]))
     assert space.objective.metrics == ("accuracy", "latency")
     plant(space, {"uniform:r0.25": 9.0, "uniform:r0.5": 3.0, "uniform:r0.75": 1.0})

@@ -151,14 +151,14 @@ def test_finetune_starts_from_inherited_weights(tmp_path, data16):
     assert rec["spec"]["init"]["kind"] == "finetune"
     (tmp_path / "g.pt").write_bytes(b"tampered")
     with pytest.raises(Exception, match="sha256"):
-        RunSpec(g, "synthetic", Protocol.finetune(epochs=1), init="finetune").key
+        _ = RunSpec(g, "synthetic", Protocol.finetune(epochs=1), init="finetune").key
 
 
 def test_finetune_without_weights_is_a_user_error():
     from prune_nas.core.errors import UserError
 
     with pytest.raises(UserError, match="inherited weights"):
-        RunSpec(tiny(), "digits", init="finetune").key
+        _ = RunSpec(tiny(), "digits", init="finetune").key
 
 
 # ---- command line ------------------------------------------------------------------------------------------

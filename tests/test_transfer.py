@@ -1,4 +1,5 @@
-"""Guided Pruning / Sparsifying and transfer: sizes hit, mask statistics, stage mapping, names, error paths."""
+"""Guided Pruning / Sparsifying and transfer: sizes hit, mask statistics, stage mapping, names, error
+paths."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def resnet_pattern():
     g = base_genome("resnet56")
     keep = {1: 12, 2: 16, 3: 24}  # of 16, 32, 64
     w = {n: (keep[g.groups.stage(n)] if g.groups.kind(n) == "conv" else v) for n, v in g.widths.items()}
-    return mine_genomes([g.replace(widths=w, provenance={"method": "l1-norm", "dataset": "cifar10"})], ["r.json"])
+    return mine_genomes([g.replace(widths=w, provenance={"method": "l1-norm", "dataset": "cifar10"})],
+                        ["r.json"])
 
 
 def within_one_channel(genome, target, ratios, goal, by):
@@ -56,11 +58,14 @@ def within_one_channel(genome, target, ratios, goal, by):
     base = target.groups.base_widths()
     lower = {n: max(1, w - 1) if ratios[n] is not None else w for n, w in genome.widths.items()}
     upper = {n: min(base[n], w + 1) if ratios[n] is not None else w for n, w in genome.widths.items()}
-    cost = lambda widths: getattr(count(replace(genome, widths=widths)), by)
+
+    def cost(widths):
+        return getattr(count(replace(genome, widths=widths)), by)
+
     return cost(lower) <= goal <= cost(upper)
 
 
-# ---- names and stages ------------------------------------------------------------------------------------------
+# ---- names and stages --------------------------------------------------------------------------------------
 def test_stage_maps_vgg16_to_vgg19_and_resnet56_to_resnet110():
     assert n_stages("vgg16") == n_stages("vgg19") == 5
     assert stage_map(n_stages("vgg16"), n_stages("vgg19")) == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
@@ -93,14 +98,15 @@ def test_parse_name(name, expected):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("vgg16", "not <model>-<dataset>"), ("vgg16-mnist", "must be one of"), ("vgg17-cifar10", "unknown model 'vgg17'"),
+    ("vgg16", "not <model>-<dataset>"), ("vgg16-mnist", "must be one of"),
+    ("vgg17-cifar10", "unknown model 'vgg17'"),
 ])
 def test_parse_name_errors(name, message):
     with pytest.raises(UserError, match=message):
         parse_name(name)
 
 
-# ---- guided pruning ------------------------------------------------------------------------------------------------
+# ---- guided pruning ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("by", ["params", "flops"])
 @pytest.mark.parametrize("size", [0.05, 0.2, 0.35, 0.6])
 def test_guided_widths_hit_size_within_one_channel(size, by):
@@ -121,8 +127,8 @@ def test_guided_widths_follow_stage_ratio_order():
     genome, _ = guided_widths(p, target_base(p, "vgg16"), 0.1)
     r = {s: genome.widths[n] / 512 for s, n in ((4, "conv8"), (5, "conv11"))}
     assert r[5] < r[4] < genome.widths["conv5"] / 256  # the last stage is cut hardest, as in the pattern
-    assert genome.widths["conv11"] / genome.widths["conv8"] == pytest.approx(p.stage(5)["ratio"] / p.stage(4)["ratio"],
-                                                                             rel=0.05)
+    assert genome.widths["conv11"] / genome.widths["conv8"] == pytest.approx(
+        p.stage(5)["ratio"] / p.stage(4)["ratio"], rel=0.05)
 
 
 def test_guided_resnet_keeps_streams_and_hits_size():
@@ -132,7 +138,8 @@ def test_guided_resnet_keeps_streams_and_hits_size():
     for s in (1, 2, 3):
         assert genome.widths[f"stage{s}"] == target.widths[f"stage{s}"]  # residual streams untouched
     assert within_one_channel(genome, target, group_ratios(p, target), 0.5 * count(target).params, "params")
-    inner = [genome.widths[f"stage{s}.block0.conv1"] / target.widths[f"stage{s}.block0.conv1"] for s in (1, 2, 3)]
+    inner = [genome.widths[f"stage{s}.block0.conv1"] / target.widths[f"stage{s}.block0.conv1"]
+             for s in (1, 2, 3)]
     assert inner[0] > inner[1] > inner[2]  # pattern ratios 0.75 > 0.5 > 0.375
 
 
@@ -155,7 +162,7 @@ def test_size_one_is_the_base_model():
     assert guided_widths(p, target, 1.0)[0].widths == target.widths
 
 
-# ---- guided sparsifying -------------------------------------------------------------------------------------------
+# ---- guided sparsifying ------------------------------------------------------------------------------------
 def bernoulli_runs(tmp_path, model="resnet20", runs=2):
     """Weight-pruned runs whose masks keep position (i, j) of a stage-s kernel with probability P[s][i, j]."""
     g = base_genome(model)
@@ -233,7 +240,8 @@ def test_sample_mask_exact_count_and_positions():
     m = sample_mask((8, 10, 3, 3), 240, keep, rng)  # 80 kernels, density 1/3 = keep.mean()
     assert m.sum() == 240
     np.testing.assert_allclose(m.reshape(-1, 3, 3).mean(axis=0), keep)
-    m2 = sample_mask((8, 10, 3, 3), 700, keep, rng)  # more than the non-corner positions hold: spills to corners
+    # more than the non-corner positions hold: spills to corners
+    m2 = sample_mask((8, 10, 3, 3), 700, keep, rng)
     assert m2.sum() == 700 and m2.reshape(-1, 9)[:, 4].all()
     assert sample_mask((4, 4, 1, 1), 5, None, rng).sum() == 5
 
@@ -244,7 +252,7 @@ def test_guided_sparse_needs_sparse_pattern():
         guided_sparse(p, target_base(p, "vgg16"), 0.3)
 
 
-# ---- transfer ------------------------------------------------------------------------------------------------------
+# ---- transfer ----------------------------------------------------------------------------------------------
 def discovered(tmp_path, runs=2):
     folder = tmp_path / "discovered"
     g = base_genome("vgg16")
@@ -261,7 +269,7 @@ def test_transfer_vgg16_cifar10_to_vgg19_cifar100(tmp_path):
                        out_dir=tmp_path / "out", say=lambda s: None)
     assert [p.name for p, _, _ in results] == ["vgg16-cifar10-to-vgg19-cifar100-slimming-0.2.json",
                                                "vgg16-cifar10-to-vgg19-cifar100-slimming-0.4.json"]
-    for (path, genome, info), size in zip(results, (0.2, 0.4)):
+    for (path, genome, _info), size in zip(results, (0.2, 0.4)):
         g = load_genome(path)
         assert g.model == "vgg19" and g.num_classes == 100 and g == genome
         prov = g.provenance
@@ -312,13 +320,14 @@ def test_transfer_resnet56_to_resnet110_sparse(tmp_path):
     assert g.provenance["pattern"]["genomes"][0]["file"] == files[0].as_posix()
 
 
-# ---- CLI -------------------------------------------------------------------------------------------------------
+# ---- CLI ---------------------------------------------------------------------------------------------------
 def test_cli_guide_writes_genomes(tmp_path, capsys):
     folder = discovered(tmp_path)
     pattern = tmp_path / "v.pattern.json"
     assert main(["mine", str(folder / "*.json"), "--out", str(pattern), "--no-plots"]) == 0
     capsys.readouterr()
-    assert main(["guide", str(pattern), "--sizes", "0.2,0.3", "--out-dir", str(tmp_path / "g"), "--json"]) == 0
+    assert main(["guide", str(pattern), "--sizes", "0.2,0.3", "--out-dir", str(tmp_path / "g"),
+                 "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [Path(r["file"]).name for r in rows] == ["vgg16-cifar10-slimming-guided-0.2.json",
                                                     "vgg16-cifar10-slimming-guided-0.3.json"]
@@ -350,7 +359,8 @@ def test_cli_transfer_bad_names_and_sizes(tmp_path, capsys):
 @given(model=st.sampled_from(["vgg11", "resnet20", "vgg13-l1"]), seed=st.integers(0, 10_000),
        size=st.floats(0.15, 1.0), by=st.sampled_from(["params", "flops"]))
 def test_guided_widths_hit_any_size(model, seed, size, by):
-    """Random patterns, random sizes: the guided genome is valid and within one channel per layer of the size."""
+    """Random patterns, random sizes: the guided genome is valid and within one channel per layer of the
+    size."""
     import random
 
     from prune_nas.core.genome import random_genome
@@ -362,7 +372,7 @@ def test_guided_widths_hit_any_size(model, seed, size, by):
     assert within_one_channel(genome, target, group_ratios(p, target), size * getattr(count(target), by), by)
 
 
-# ---- narrow runs (discover prunes width-multiplied models on digits) ------------------------------------------
+# ---- narrow runs (discover prunes width-multiplied models on digits) ---------------------------------------
 def narrow_runs(folder: Path, width=0.25, runs=2) -> list[Path]:
     """Runs as discover writes them on digits: VGG-16 at a quarter width, provenance.source.width = 0.25."""
     base = base_genome("vgg16", width_mult=width)

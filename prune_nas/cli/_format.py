@@ -12,7 +12,8 @@ def table(rows: list[list], headers: list[str], align: str | None = None) -> str
     cells = [[str(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     if align is None:
-        align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(headers)))
+        align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l"
+                        for i in range(len(headers)))
 
     def line(values):
         columns = zip(values, widths, align, strict=True)

@@ -9,9 +9,10 @@ from prune_nas.core.errors import UserError
 
 
 def add_from_model(gsub) -> None:
-    q = gsub.add_parser("from-model", help="a genome (plus inherited weights) from a model another tool pruned",
-                        description="Read the widths of a pruned model from its tensor shapes, check that the "
-                                    "genome's model loads it strictly, write the genome and its weights.")
+    q = gsub.add_parser("from-model",
+                        help="a genome (plus inherited weights) from a model another tool pruned",
+                        description="Read the widths of a pruned model from its tensor shapes, check that "
+                                    "the genome's model loads it strictly, write the genome and its weights.")
     q.add_argument("pruned", help="the pruned model: a state dict .pt (or a whole pickled module with "
                                   "--trust-pickle)")
     q.add_argument("--base", required=True, help="the model it was pruned from: torchvision:resnet18, "
@@ -60,5 +61,6 @@ def list_models(source: str, as_json: bool) -> int:
     print(f"{len(names)} {source} models; use one as `--model {source}:<name>` (e.g. {source}:{names[0]}):")
     for n in names:
         print(f"  {source}:{n}")
-    print("Your own model: python:<module>:<callable> (a factory taking num_classes, returning an nn.Module).")
+    print("Your own model: python:<module>:<callable> (a factory taking num_classes, "
+          "returning an nn.Module).")
     return 0

@@ -1,4 +1,5 @@
-"""`prune-nas discover` (train or reuse the large model, prune it, write the genome) and `prune-nas methods`."""
+"""`prune-nas discover` (train or reuse the large model, prune it, write the genome) and
+`prune-nas methods`."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ examples:
 
 def register(sub) -> None:
     p = sub.add_parser("discover", help="prune a (trained) model with a method and write the genome it finds",
-                       description="Train (or reuse) the large model the method needs, prune it, and write the "
-                                   "genome JSON plus the inherited weights for the fine-tune baseline.",
+                       description="Train (or reuse) the large model the method needs, prune it, and write "
+                                   "the genome JSON plus the inherited weights for the fine-tune baseline.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, help="pruning method (`prune-nas methods` lists them)")
     p.add_argument("--model", help="base model (default per dataset: vgg11 on digits, vgg16 on CIFAR, ...; "
@@ -49,7 +50,9 @@ def register(sub) -> None:
                         "model's)")
     add_method_args(p)
     r = p.add_argument_group("where and how")
-    r.add_argument("--out", help="output folder (default $PRUNE_NAS_HOME/genomes/discovered or artifacts/genomes/discovered in the working folder)")
+    r.add_argument("--out",
+                   help="output folder (default $PRUNE_NAS_HOME/genomes/discovered or "
+                        "artifacts/genomes/discovered in the working folder)")
     r.add_argument("--store", help="where trained large models are cached (default $PRUNE_NAS_HOME/store or "
                                    "artifacts/store)")
     r.add_argument("--device", type=_args.device, default="auto",
@@ -75,7 +78,8 @@ def add_method_args(parser) -> None:
                    help="slimming: L1 weight on BN scales (default: the paper's 1e-4 VGG / "
                         "1e-5 others for its 160 CIFAR epochs, scaled up for shorter "
                         "schedules; given: used as is)")
-    m.add_argument("--sparsity", action="store_true", help="uniform: same density per conv layer, not channels")
+    m.add_argument("--sparsity", action="store_true",
+                   help="uniform: same density per conv layer, not channels")
     m.add_argument("--like", help="random: the widths of this genome; uniform: match its params")
     m.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other method parameter, e.g. --param samples=2000 (repeatable)")
@@ -146,8 +150,8 @@ def cmd_discover(args) -> int:
     print(layer_table(result))
     red = summary["reduction"]
     print(f"\nparams {human(summary['base']['params'])} -> {human(summary['params'])} "
-          f"(-{red['params']:.1%}), FLOPs {human(summary['base']['flops'])} -> {human(summary['flops'])} MACs "
-          f"(-{red['flops']:.1%})")
+          f"(-{red['params']:.1%}), FLOPs {human(summary['base']['flops'])} -> {human(summary['flops'])} "
+          f"MACs (-{red['flops']:.1%})")
     if result.large:
         how = "reused" if result.large["reused"] else "trained"
         print(f"large model ({how}): test top-1 {100 * (result.large['test_top1'] or 0):.2f}%, "
@@ -184,10 +188,12 @@ def layer_table(result) -> str:
 
         ops = {op.name: op for op in ops_of(g) if op.kind == "conv"}
         kept = kept_weights(g)
-        rows = [[n, op.stage, op.weight_count, kept[n], f"{kept[n] / op.weight_count:.1%}"] for n, op in ops.items()]
+        rows = [[n, op.stage, op.weight_count, kept[n], f"{kept[n] / op.weight_count:.1%}"]
+                for n, op in ops.items()]
         return table(rows, ["conv layer", "stage", "weights", "kept", "density"])
     groups = g.groups
-    rows = [[n, groups.kind(n), groups.stage(n), base.widths[n], g.widths[n], f"{g.widths[n] / base.widths[n]:.0%}"]
+    rows = [[n, groups.kind(n), groups.stage(n), base.widths[n], g.widths[n],
+             f"{g.widths[n] / base.widths[n]:.0%}"]
             for n in groups.names]
     return table(rows, ["width group", "kind", "stage", "base", "width", "kept"], align="llrrrr")
 
@@ -195,7 +201,8 @@ def layer_table(result) -> str:
 def cmd_methods(args) -> int:
     from prune_nas.methods import list_methods
 
-    methods = sorted(list_methods(), key=lambda m: (ORDER.index(m.name) if m.name in ORDER else len(ORDER), m.name))
+    methods = sorted(list_methods(),
+                     key=lambda m: (ORDER.index(m.name) if m.name in ORDER else len(ORDER), m.name))
     if args.json:
         print(json.dumps([{"name": m.name, "target": m.target,
                            "families": list(m.families) + (["generic"] if m.generic else []),

@@ -25,8 +25,8 @@ examples:
 
 def register(sub) -> None:
     p = sub.add_parser("genome", help="list, inspect, validate and export genomes",
-                       description="Genomes are JSON descriptions of architectures: a base model, one width per "
-                                   "channel-coupling group, kept blocks per stage, optional sparsity.",
+                       description="Genomes are JSON descriptions of architectures: a base model, one width "
+                                   "per channel-coupling group, kept blocks per stage, optional sparsity.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     gsub = p.add_subparsers(dest="genome_command", required=True, metavar="ACTION")
 
@@ -85,7 +85,8 @@ def describe(genome) -> dict:
     base = dict(ref.widths) if same else groups.base_widths()
     return {
         "name": genome.name, "key": genome.key, "model": genome.model, "family": genome.family,
-        "num_classes": genome.num_classes, "input": {"channels": genome.in_channels, "size": genome.input_size},
+        "num_classes": genome.num_classes,
+        "input": {"channels": genome.in_channels, "size": genome.input_size},
         "blocks": list(genome.blocks) if genome.blocks else None,
         "params": cost.params, "flops": cost.flops, "flops_unit": "multiply-accumulates per image",
         "reference": {"model": ref.model, "name": ref.name, "params": rcost.params, "flops": rcost.flops},
@@ -113,7 +114,8 @@ def cmd_info(args) -> int:
           f"input {info['input']['channels']}x{info['input']['size']}x{info['input']['size']}"
           + (f", blocks per stage {info['blocks']}" if info["blocks"] else ""))
     print(f"  params {human(info['params'])} ({info['params']:,}), FLOPs {human(info['flops'])} MACs; "
-          f"vs {info['reference']['name'] or info['reference']['model']}: params {_reduction(red['params'])}, FLOPs {_reduction(red['flops'])}")
+          f"vs {info['reference']['name'] or info['reference']['model']}: params "
+          f"{_reduction(red['params'])}, FLOPs {_reduction(red['flops'])}")
     if info["provenance"].get("method"):
         print(f"  method {info['provenance']['method']}"
               + (f" ({info['provenance']['source']})" if info["provenance"].get("source") else ""))
@@ -217,7 +219,8 @@ def cmd_export(args) -> int:
     if args.out:
         out = Path(args.out)
         if out.is_dir() or args.out.endswith(("/", os.sep)):
-            raise UserError(f"--out {args.out} is a folder; give the file to write, e.g. {out / 'genome.json'}")
+            raise UserError(f"--out {args.out} is a folder; give the file to write, e.g. "
+                            f"{out / 'genome.json'}")
     genome = resolve_genome(args.genome)
     if args.onnx:
         from prune_nas.core.export import export_onnx

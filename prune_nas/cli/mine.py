@@ -48,7 +48,7 @@ and the rest is a registered model (vgg16-l1-cifar10 is model vgg16-l1 on cifar1
 from artifacts/genomes/discovered/<model>-<dataset>-<method>-*.json. Stages map one to one when the models have
 as many (VGG-16 -> VGG-19: 5 pooling stages; ResNet-56 -> ResNet-110: 3 residual stages); otherwise target stage
 t of T takes source stage floor((t - 0.5) * S / T) + 1 of S (same relative depth).
-"""
+"""  # noqa: E501  (argparse prints the epilog verbatim: its lines are the help text's lines)
 
 
 def _dirs():
@@ -81,16 +81,19 @@ def _design_args(q) -> None:
     q.add_argument("--seed", type=_args.nonneg_int, default=0,
                    help="seed of the sampled masks (--sparse only; default 0)")
     q.add_argument("--width", type=_args.positive_float, default=None,
-                   help="width multiplier of the unpruned target that sizes are measured against (default: the "
-                        "source runs' own, e.g. 0.25 for discover's digits runs, on their dataset; else 1)")
-    q.add_argument("--out-dir", type=Path, default=None, help="where genomes go (default artifacts/genomes/guided, or .../transferred)")
+                   help="width multiplier of the unpruned target that sizes are measured against (default: "
+                        "the source runs' own, e.g. 0.25 for discover's digits runs, on their dataset; "
+                        "else 1)")
+    q.add_argument("--out-dir", type=Path, default=None,
+                   help="where genomes go (default artifacts/genomes/guided, or .../transferred)")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
 def register(sub) -> None:
     p = sub.add_parser("mine", help="mine width and 3x3 kernel patterns from pruned genomes",
-                       description="Per-layer kept widths (mean ± std over runs), per-stage mean kept ratios, and "
-                                   "for sparse genomes per-stage 3x3 kernel keep maps and per-layer densities.",
+                       description="Per-layer kept widths (mean ± std over runs), per-stage mean kept "
+                                   "ratios, and for sparse genomes per-stage 3x3 kernel keep maps and "
+                                   "per-layer densities.",
                        epilog=MINE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="genome .json files or globs (runs of one model/dataset/method)")
     p.add_argument("--out", type=Path, default=None,
@@ -107,11 +110,13 @@ def register(sub) -> None:
     _design_args(p)
     p.set_defaults(func=cmd_guide)
 
-    p = sub.add_parser("transfer", help="apply the pattern of one model/dataset to another (transferred genomes)",
+    p = sub.add_parser("transfer",
+                       help="apply the pattern of one model/dataset to another (transferred genomes)",
                        epilog=TRANSFER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="<model>-<dataset> whose pruned runs give the pattern, e.g. vgg16-cifar10")
     p.add_argument("target", help="<model>-<dataset> to design for, e.g. vgg19-cifar100")
-    p.add_argument("--method", default="slimming", help="pruning method of the source runs (default slimming)")
+    p.add_argument("--method", default="slimming",
+                   help="pruning method of the source runs (default slimming)")
     p.add_argument("--pattern", type=Path, default=None, help="use this pattern file instead of mining")
     p.add_argument("--no-discover", action="store_true",
                    help="refuse (exit 2) instead of running discovery when no source runs exist")
@@ -126,7 +131,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_transfer)
 
 
-# ---- mine ------------------------------------------------------------------------------------------------------
+# ---- mine --------------------------------------------------------------------------------------------------
 def cmd_mine(args) -> int:
     from prune_nas.design.mining import (
         expand_paths,
@@ -157,8 +162,9 @@ def cmd_mine(args) -> int:
 
 def print_pattern(pattern) -> None:
     n = pattern.runs
-    print(f"Pattern of {pattern.model} on {pattern.dataset} by {pattern.method}: {n} run{'s' if n != 1 else ''} "
-          f"(seeds {', '.join(str(s['seed']) for s in pattern.sources)}), pruned from {pattern.reference['name']}")
+    print(f"Pattern of {pattern.model} on {pattern.dataset} by {pattern.method}: {n} "
+          f"run{'s' if n != 1 else ''} (seeds {', '.join(str(s['seed']) for s in pattern.sources)}), pruned "
+          f"from {pattern.reference['name']}")
     if pattern.size:
         print("  the runs keep " + " and ".join(f"{m:.1%} ± {sd:.1%} of its {by}"
                                                for by, (m, sd) in pattern.size.items()))
@@ -169,7 +175,8 @@ def print_pattern(pattern) -> None:
                  f"{x['mean'] / x['base']:.0%}"] for x in pattern.layers]
         print(table(rows, ["layer", "kind", "stage", "base", "kept (mean ± std)", "kept"], align="llrrrr"))
         print(f"\nPer stage: mean kept ratio over pruned groups ({', '.join(pattern.pruned_kinds)})")
-        print(table([[s["stage"], s["groups"], f"{s['ratio']:.3f} ± {s['ratio_std']:.3f}"] for s in pattern.stages],
+        print(table([[s["stage"], s["groups"],
+                      f"{s['ratio']:.3f} ± {s['ratio_std']:.3f}"] for s in pattern.stages],
                     ["stage", "groups", "ratio (mean ± std over runs)"], align="rrr"))
     if not pattern.sparse:
         return
@@ -179,10 +186,11 @@ def print_pattern(pattern) -> None:
         rows = [" ".join(f"{v:.2f}" for v in r) for r in km] if km else ["(no 3x3 layers)"]
         print(f"  stage {s['stage']} (density {s['density']:.1%}):  " + "  |  ".join(rows))
     print(table([[x["name"], x["stage"], human(x["weights"]), f"{x['mean']:.1%} ± {x['std']:.1%}"]
-                 for x in pattern.sparse["layers"]], ["conv layer", "stage", "weights", "density"], align="lrrr"))
+                 for x in pattern.sparse["layers"]], ["conv layer", "stage", "weights", "density"],
+                align="lrrr"))
 
 
-# ---- guide / transfer ----------------------------------------------------------------------------------------------
+# ---- guide / transfer --------------------------------------------------------------------------------------
 def cmd_guide(args) -> int:
     from prune_nas.design.mining import load_pattern
     from prune_nas.design.transfer import generate, target_base
@@ -204,8 +212,8 @@ def cmd_guide(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    from prune_nas.design.mining import load_pattern
     from prune_nas.core.paths import slug
+    from prune_nas.design.mining import load_pattern
     from prune_nas.design.transfer import parse_name, transfer
 
     parse_name(args.source)
@@ -220,7 +228,8 @@ def cmd_transfer(args) -> int:
                        discovered_dir=args.discovered_dir or dirs["discovered"],
                        out_dir=out_dir, sparse=args.sparse, by=args.by,
                        seed=args.seed, discover=not args.no_discover, runs=args.runs, ratio=args.ratio,
-                       pattern_out=pattern_out, width=args.width, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       pattern_out=pattern_out, width=args.width,
+                       say=lambda msg: print(msg, file=sys.stderr, flush=True))
     if pattern_out is not None and not args.json:
         print(f"mined {pattern_out}")
     _report(results, args)
@@ -231,7 +240,7 @@ def _report(results, args) -> None:
     from prune_nas.core.cost import count
 
     rows = []
-    for path, genome, info in results:
+    for path, genome, _info in results:
         c = count(genome)
         prov = genome.provenance
         rows.append({"file": str(path), "key": genome.key, "size": prov["size"]["target"],
@@ -242,7 +251,8 @@ def _report(results, args) -> None:
         return
     first = results[0][1].provenance
     src = first["pattern"]
-    print(f"{first['method']}: pattern of {src['model']}/{src['dataset']}/{src['method']} ({src['runs']} runs), "
-          f"stage map target<-source {first['stage_map']}; size = fraction of base {rows[0]['by']} kept")
+    print(f"{first['method']}: pattern of {src['model']}/{src['dataset']}/{src['method']} ({src['runs']} "
+          f"runs), stage map target<-source {first['stage_map']}; size = fraction of base {rows[0]['by']} "
+          "kept")
     print(table([[r["file"], f"{r['size']:g}", f"{r['achieved']:.4f}", human(r["params"]), human(r["flops"])]
                  for r in rows], ["genome", "size", "achieved", "params", "FLOPs"], align="lrrrr"))

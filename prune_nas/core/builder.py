@@ -20,7 +20,8 @@ def build(genome: Genome, masks: bool = True) -> nn.Module:
     >>> type(build(base_genome("vgg16"))).__name__
     '_VGGNet'
     """
-    model = get_family(genome.family).build(genome.spec, genome.blocks, genome.slot_widths(), genome.input_size,
+    model = get_family(genome.family).build(genome.spec, genome.blocks, genome.slot_widths(),
+                                            genome.input_size,
                                             genome.in_channels, genome.num_classes, **structure_of(genome))
     if masks and genome.sparsity is not None:
         from prune_nas.core.masks import apply_masks, load_masks, sampled_masks

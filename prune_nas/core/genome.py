@@ -87,7 +87,8 @@ class Genome:
     @property
     def spec(self) -> ModelSpec:
         if is_generic_ref(self.model):
-            return generic_spec(self.model, self.model_args, self.num_classes, self.input_size, self.in_channels)
+            return generic_spec(self.model, self.model_args, self.num_classes, self.input_size,
+                                self.in_channels)
         return get_spec(self.model)
 
     @property
@@ -162,12 +163,14 @@ class Genome:
         sparsity = None
         if sp:
             mask = MaskRef(**sp["mask"]) if sp.get("mask") else None
-            sparsity = Sparsity(dict(sp.get("density", {})), dict(sp.get("kernel_keep", {})), mask, sp.get("seed"))
+            sparsity = Sparsity(dict(sp.get("density", {})), dict(sp.get("kernel_keep", {})), mask,
+                                sp.get("seed"))
         genome = cls(model=spec.name, widths=dict(data["widths"]), num_classes=data["num_classes"],
                      input_size=data["input"]["size"], in_channels=data["input"]["channels"],
                      blocks=_canonical_blocks(spec, blocks),
                      shortcut_entries=tuple(data.get("shortcut_entries") or ()), sparsity=sparsity,
-                     name=data.get("name"), provenance=dict(data.get("provenance", {})), source_dir=source_dir,
+                     name=data.get("name"), provenance=dict(data.get("provenance", {})),
+                     source_dir=source_dir,
                      model_args=_model_args(spec))
         validate(genome)
         return genome
@@ -279,7 +282,8 @@ def validate(genome: Genome) -> None:
             parts.append(f"missing {_few(missing)}")
         if extra:
             parts.append(f"unknown {_few(extra)}")
-        raise GenomeError("widths", f"{' and '.join(parts)}; {spec.name} at blocks {list(genome.blocks or [])} "
+        raise GenomeError("widths",
+                          f"{' and '.join(parts)}; {spec.name} at blocks {list(genome.blocks or [])} "
                                     f"has {len(groups.names)} width groups")
     for g, w in genome.widths.items():
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
@@ -333,7 +337,7 @@ def _validate_sparsity(genome: Genome) -> None:
             raise GenomeError(f"sparsity.kernel_keep.{stage}", f"stages are 1..{n_stages}")
 
 
-# ---- construction helpers ------------------------------------------------------------------------------------
+# ---- construction helpers ----------------------------------------------------------------------------------
 def base_genome(model: str, num_classes: int | None = None, input_size: int | None = None,
                 in_channels: int | None = None, width_mult: float = 1.0,
                 blocks: tuple[int, ...] | None = None, model_args: Mapping[str, Any] | None = None) -> Genome:

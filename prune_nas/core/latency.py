@@ -2,8 +2,8 @@
 
 FLOPs are what the paper counts; latency is what a deployment pays, and the two need not move together
 (a pruned ResNet with many thin layers can save FLOPs and no time). :func:`measure` builds the genome, warms
-it up, and times ``model(x)`` with ``torch.utils.benchmark.Timer`` in ``repeats`` blocks, each of enough calls to
-last about 10 ms; the result is the median time per call and its spread (interquartile range), plus the
+it up, and times ``model(x)`` with ``torch.utils.benchmark.Timer`` in ``repeats`` blocks, each of enough calls
+to last about 10 ms; the result is the median time per call and its spread (interquartile range), plus the
 throughput at that batch size.
 
 Results are cached in ``$PRUNE_NAS_HOME/latency/cache.json`` (else ``artifacts/latency/``) under a key of the

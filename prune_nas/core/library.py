@@ -1,9 +1,10 @@
 """The genome library: the paper's named pruned architectures and the unpruned bases.
 
 Named configs are defined here as data (widths lists, skip lists and ratios) and written to
-``artifacts/genomes/*.json`` (shipped as ``prune_nas/bundled/genomes``) by ``python -m prune_nas.core.library``; a test checks the files match. Each entry
-records the reference model its reductions are measured against and, where the original paper reports them,
-the reported reductions (fractions removed) with the source.
+``artifacts/genomes/*.json`` (shipped as ``prune_nas/bundled/genomes``) by
+``python -m prune_nas.core.library``; a test checks the files match. Each entry records the reference model
+its reductions are measured against and, where the original paper reports them, the reported reductions
+(fractions removed) with the source.
 
 Name resolution (``resolve_genome``): a path to a ``.json`` file, else a library name (``vgg16-a``), else a
 discovered genome name (``$PRUNE_NAS_HOME/genomes/discovered``), else a registered base model (``vgg16``).
@@ -46,7 +47,7 @@ def vgg_widths(cfg: list) -> dict[str, int]:
     return {f"conv{i}": w for i, w in enumerate((c for c in cfg if c != M), start=1)}
 
 
-# ---- L1-norm filter pruning (Li et al., ICLR 2017): skip lists and per-stage ratios --------------------------
+# ---- L1-norm filter pruning (Li et al., ICLR 2017): skip lists and per-stage ratios ------------------------
 L1_RESNET_CONFIGS = {
     # model, config -> (skip conv ids, per-stage ratios)
     ("resnet56", "A"): ([16, 20, 38, 54], [0.1, 0.1, 0.1]),
@@ -119,9 +120,11 @@ NAMED: list[Named] = [
           reported={"params": 1 - 1.32 / 138.34, "flops": 1 - 2.01 / 30.94}),
     Named("thinet-resnet50-30", "resnet50", "resnet50", "thinet", THINET, _thinet_resnet50((19, 38, 76, 153)),
           reported={"params": 1 - 8.66 / 25.56, "flops": 1 - 2.20 / 7.72}),
-    Named("thinet-resnet50-50", "resnet50", "resnet50", "thinet", THINET, _thinet_resnet50((32, 64, 128, 256)),
+    Named("thinet-resnet50-50", "resnet50", "resnet50", "thinet", THINET,
+          _thinet_resnet50((32, 64, 128, 256)),
           reported={"params": 1 - 12.38 / 25.56, "flops": 1 - 3.41 / 7.72}),
-    Named("thinet-resnet50-70", "resnet50", "resnet50", "thinet", THINET, _thinet_resnet50((44, 89, 179, 358)),
+    Named("thinet-resnet50-70", "resnet50", "resnet50", "thinet", THINET,
+          _thinet_resnet50((44, 89, 179, 358)),
           reported={"params": 1 - 16.94 / 25.56, "flops": 1 - 4.88 / 7.72}),
     Named("vgg16-5x", "vgg16-nobn-imagenet", "vgg16-nobn-imagenet", "regression", HE,
           vgg_widths([24, 22, M, 41, 51, M, 108, 89, 111, M, 184, 276, 228, M, 512, 512, 512, M]),

@@ -109,8 +109,8 @@ def sample_mask(shape: tuple[int, ...], kept: int, keep_map: np.ndarray | None, 
 def sampled_masks(genome) -> dict[str, np.ndarray]:
     """Masks for a genome that gives per-layer densities (and maybe per-stage 3x3 keep maps) but no mask file.
 
-    Deterministic for the genome: drawn from ``sparsity.seed`` (0 if unset), layer by layer in model order, each
-    keeping exactly the ``round(density * weights)`` weights the cost model counts.
+    Deterministic for the genome: drawn from ``sparsity.seed`` (0 if unset), layer by layer in model order,
+    each keeping exactly the ``round(density * weights)`` weights the cost model counts.
     """
     sp = genome.sparsity
     rng = np.random.default_rng(sp.seed or 0)  # validate() keeps the seed in [0, 2^63)

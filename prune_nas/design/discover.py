@@ -1,21 +1,23 @@
 """The discover pipeline: train (or reuse) the large model a method needs, prune it, write the genome.
 
-``discover("slimming")`` with nothing else runs the embedded default: a VGG-11 at a quarter of its widths on the
-bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in ``out_dir`` (default
-``$PRUNE_NAS_HOME/genomes/discovered/`` (else ``artifacts/...`` in the working folder), where ``resolve_genome`` finds them by name)::
+``discover("slimming")`` with nothing else runs the embedded default: a VGG-11 at a quarter of its widths on
+the bundled digits data (offline, CPU, about two minutes on two cores). Outputs, in ``out_dir`` (default
+``$PRUNE_NAS_HOME/genomes/discovered/`` (else ``artifacts/...`` in the working folder), where
+``resolve_genome`` finds them by name)::
 
     <name>.json         the genome; provenance names the method (``source``: its citation), its parameters,
-                        ``pruned_from`` (model, width, dataset, the large model's cache key and test accuracy),
-                        seed, notes, and the versions that produced it
+                        ``pruned_from`` (model, width, dataset, the large model's cache key and test
+                        accuracy), seed, notes, and the versions that produced it
     <name>.pt           inherited weights for the fine-tune baseline (provenance["weights"]: file + sha256)
     <name>.masks.npz    exact masks (non-structured methods; sparsity.mask: file + sha256)
 
 with ``name = <model>[-x<width>]-<dataset>-<method>[-sparse]-<tag>-s<seed>[-<settings>]``, ``tag``
 ``r<ratio>``, ``c<config>`` or ``like-<genome>``, and ``settings`` what differs from the defaults: the large
-model's epochs (``-10ep``) and initial learning rate (``-lr0.01``), the input size (``-24px``), the method parameters the tag does not show
-(``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model is narrower than the named base
-model (``width != 1``) its genome is written too (``<model>-x<width>-<dataset>.json``) and recorded as the
-``reference`` that reductions and Scratch-B budgets are measured against.
+model's epochs (``-10ep``) and initial learning rate (``-lr0.01``), the input size (``-24px``), the method
+parameters the tag does not show (``-s=0.001``, ``-skip=16,20``); see :func:`run_name`. When the large model
+is narrower than the named base model (``width != 1``) its genome is written too
+(``<model>-x<width>-<dataset>.json``) and recorded as the ``reference`` that reductions and Scratch-B budgets
+are measured against.
 
 The trained large model is cached under ``<store root>/large/<key>.pt`` (store root: ``$PRUNE_NAS_HOME/store``
 or ``artifacts/store``), keyed by the canonical hash of (large genome, dataset, effective protocol, the
@@ -42,7 +44,8 @@ LARGE_FORMAT = "prune-nas.large-model"
 LARGE_VERSION = 1
 
 # Embedded default: on the bundled digits (8x8 images, so 16 pixels lose nothing) a quarter-width model and a
-# short schedule (20 epochs, lr 0.1 stepped at 50% / 75% as in the paper), so a run takes about a minute on one
+# short schedule (20 epochs, lr 0.1 stepped at 50% / 75% as in the paper), so a run takes about a minute
+# on one
 # CPU core. The paper's protocol (160 epochs; ImageNet 90) and the model's own input size everywhere else.
 SHORT = {"digits": {"width": 0.25, "epochs": 20, "input_size": 16},
          "synthetic": {"width": 0.25, "epochs": 3, "input_size": 16}}
@@ -69,7 +72,8 @@ class Discovered:
     weights: Path | None = None
     masks: Path | None = None
     notes: list[str] = field(default_factory=list)
-    large: dict | None = None  # {"key", "path", "reused", "test_top1", "wall_time_s"} when a model was trained
+    # {"key", "path", "reused", "test_top1", "wall_time_s"} when a model was trained
+    large: dict | None = None
     wall_time_s: float = 0.0
 
 
@@ -80,7 +84,8 @@ def default_out_dir() -> Path:
 
 
 def default_model(method: Method, dataset: str) -> str:
-    """The model ``discover`` prunes when none is named: the dataset's default for the method's first family."""
+    """The model ``discover`` prunes when none is named: the dataset's default for the method's first
+    family."""
     table = DEFAULT_MODELS.get(dataset, DEFAULT_MODELS["cifar10"])
     for fam in method.families:
         if fam in table:
@@ -167,7 +172,8 @@ def large_model_init(genome, seed: int):
 
 
 def trained_large_model(method: Method, genome, dataset: str, data, protocol, params: dict, *, seed: int,
-                        device: str = "cpu", store_root: str | os.PathLike | None = None, progress: bool = True,
+                        device: str = "cpu", store_root: str | os.PathLike | None = None,
+                        progress: bool = True,
                         log: Callable[[str], None] = print):
     """The large model trained with the method's callbacks, from the cache when it is there.
     Returns ``(model on the CPU in eval mode, info dict)``."""
@@ -314,8 +320,10 @@ def _name_value(v) -> str:
 
 
 def discover(method: str, *, model: str | None = None, dataset: str = "digits", ratio: float | None = None,
-             seed: int = 0, width: float | None = None, epochs: int | None = None, input_size: int | None = None,
-             lr: float | None = None, params: dict[str, Any] | None = None, protocol=None, device: str = "cpu",
+             seed: int = 0, width: float | None = None, epochs: int | None = None,
+             input_size: int | None = None,
+             lr: float | None = None, params: dict[str, Any] | None = None, protocol=None,
+             device: str = "cpu",
              data_dir=None, download: bool = False,
              out_dir: str | os.PathLike | None = None, store_root: str | os.PathLike | None = None,
              progress: bool = True, log: Callable[[str], None] = print, data=None) -> Discovered:
@@ -325,8 +333,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     ``params["ratio"]``. ``lr`` replaces the large model's initial learning rate (its steps stay);
     ``protocol``: the large model's whole training protocol instead (default: the dataset's, at ``epochs``; an
     experiment row passes its own lr schedule). Every check a user can fail (unknown method, model or dataset,
-    a ratio outside (0, 1), a method that does not apply to the family, a bad method parameter) runs before any
-    training. ``data``: the dataset already loaded at the model's input size (else it is loaded when the
+    a ratio outside (0, 1), a method that does not apply to the family, a bad method parameter) runs before
+    any training. ``data``: the dataset already loaded at the model's input size (else it is loaded when the
     method trains).
 
     >>> d = discover("uniform", dataset="synthetic", ratio=0.5, out_dir=__import__("tempfile").mkdtemp(),
@@ -373,7 +381,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
         if data is None:
             data = load_dataset(dataset, data_dir=data_dir, download=download, input_size=base.input_size,
                                 in_channels=base.in_channels)
-        large_model, large = trained_large_model(m, base, dataset, data, protocol, full, seed=seed, device=device,
+        large_model, large = trained_large_model(m, base, dataset, data, protocol, full, seed=seed,
+                                                 device=device,
                                                  store_root=store_root, progress=progress, log=log)
     kwargs = {"seed": seed, **full}
     result = m.prune(base, large_model, data=data, **kwargs)
@@ -389,8 +398,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
                                                             "dataset": dataset, "width": width,
                                                             "prune_nas_version": __version__}),
                     out / f"{ref_name}.json")
-        reference = ref_name if out.resolve() == default_out_dir().resolve() else str((out / f"{ref_name}.json")
-                                                                                       .resolve())
+        reference = (ref_name if out.resolve() == default_out_dir().resolve()
+                     else str((out / f"{ref_name}.json").resolve()))
     shown = {k: v for k, v in full.items() if v is not None and v != () and v is not False}
     provenance = {**result.genome.provenance, "method": m.name, "params": shown, "dataset": dataset,
                   "ratio": full.get("ratio"), "seed": seed, "reference": reference, "source": m.citation,
@@ -410,7 +419,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     if result.masks is not None:
         masks_path = out / f"{name}.masks.npz"
         sha = save_masks(result.masks, masks_path)
-        genome = genome.replace(sparsity=dataclasses.replace(genome.sparsity, mask=MaskRef(masks_path.name, sha)))
+        genome = genome.replace(sparsity=dataclasses.replace(genome.sparsity,
+                                                             mask=MaskRef(masks_path.name, sha)))
     if result.state_dict is not None:
         weights_path = out / f"{name}.pt"
         genome = attach_weights(genome, result.state_dict, weights_path)

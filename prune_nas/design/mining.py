@@ -62,8 +62,10 @@ class Pattern:
     layers: list  # [{"group", "kind", "stage", "base", "mean", "std", "widths"}]
     stages: list  # [{"stage", "ratio", "ratio_std", "by_kind", "groups"}]
     pruned_kinds: list
-    sparse: dict | None = None  # {"stages": [{"stage", "kernel_keep", "density", "kernels"}], "layers": [...]}
-    size: dict | None = None  # fraction of the reference's params / flops the runs kept: {"params": [mean, std]}
+    # {"stages": [{"stage", "kernel_keep", "density", "kernels"}], "layers": [...]}
+    sparse: dict | None = None
+    # fraction of the reference's params / flops the runs kept: {"params": [mean, std]}
+    size: dict | None = None
     # The unpruned model the runs pruned: {"name", "width"}; width is its multiplier on the named base model.
     reference: dict = field(default_factory=lambda: {"name": None, "width": 1.0})
     extra: dict = field(default_factory=dict)  # producer info, kept as is
@@ -112,13 +114,15 @@ class Pattern:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{where} is not a prune-nas pattern (no \"format\": \"{FORMAT}\")")
         if d.get("version") != VERSION:
-            raise UserError(f"{where}: pattern version {d.get('version')!r} is not supported (this is {VERSION})")
+            raise UserError(f"{where}: pattern version {d.get('version')!r} is not supported (this is "
+                            f"{VERSION})")
         try:
             p = cls(family=d["family"], model=d["model"], dataset=d["dataset"], method=d["method"],
                     input=dict(d["input"]), blocks=d["blocks"], sources=list(d["sources"]),
                     layers=list(d["layers"]), stages=list(d["stages"]), pruned_kinds=list(d["pruned_kinds"]),
                     sparse=d.get("sparse"), size=d.get("size"),
-                    reference=dict(d.get("reference") or {"name": d["model"], "width": 1.0}), extra={k: d[k] for k in ("producer",) if k in d})
+                    reference=dict(d.get("reference") or {"name": d["model"], "width": 1.0}),
+                    extra={k: d[k] for k in ("producer",) if k in d})
             _check_pattern(p)
         except (KeyError, TypeError, ValueError, StopIteration) as e:
             what = f"missing field {e}" if isinstance(e, KeyError) else f"bad field ({e})"
@@ -156,7 +160,7 @@ def _models():
     return MODELS
 
 
-# ---- reading runs --------------------------------------------------------------------------------------------
+# ---- reading runs ------------------------------------------------------------------------------------------
 def expand_paths(patterns: Sequence[str]) -> list[Path]:
     """Files from paths and globs (a glob the shell left unexpanded is expanded here), sorted, unique."""
     out: list[Path] = []
@@ -192,10 +196,12 @@ def run_info(genome: Genome, path: str | Path) -> dict:
         return v if v is not None else named.get(key)
 
     ratio, seed = pick("ratio"), pick("seed")
-    if ratio is None and isinstance(prov.get("params"), dict):  # methods record their arguments under "params"
+    # methods record their arguments under "params"
+    if ratio is None and isinstance(prov.get("params"), dict):
         ratio = prov["params"].get("ratio")
     return {"dataset": str(pick("dataset") or "unknown"), "method": str(pick("method") or "unknown"),
-            "ratio": float(ratio) if ratio is not None else None, "seed": int(seed) if seed is not None else None}
+            "ratio": float(ratio) if ratio is not None else None,
+            "seed": int(seed) if seed is not None else None}
 
 
 def mine(paths: Sequence[str | Path]) -> Pattern:
@@ -220,19 +226,21 @@ def mine_genomes(genomes: Sequence[Genome], files: Sequence[str]) -> Pattern:
           why="kept ratios are measured against the model each run pruned")
     sparse = [g.sparsity is not None for g in genomes]
     if any(sparse) and not all(sparse):
-        raise UserError(f"cannot mine dense and sparse genomes together ({_first(files, sparse, True)} is sparse, "
-                        f"{_first(files, sparse, False)} is not)")
+        raise UserError(f"cannot mine dense and sparse genomes together ({_first(files, sparse, True)} is "
+                        f"sparse, {_first(files, sparse, False)} is not)")
     first = genomes[0]
     layers, stages, pruned = _width_pattern(genomes, refs[0])
     sources = [{"file": f, "key": g.key, "seed": i["seed"], "ratio": i["ratio"]}
                for g, f, i in zip(genomes, files, infos)]
     from prune_nas.core.version import __version__
 
-    return Pattern(family=first.family, model=first.model, dataset=infos[0]["dataset"], method=infos[0]["method"],
+    return Pattern(family=first.family, model=first.model, dataset=infos[0]["dataset"],
+                   method=infos[0]["method"],
                    input={"num_classes": first.num_classes, "size": first.input_size,
                           "channels": first.in_channels},
                    blocks=list(first.blocks) if first.blocks else None, sources=sources, layers=layers,
-                   stages=stages, pruned_kinds=pruned, sparse=_kernel_pattern(genomes) if all(sparse) else None,
+                   stages=stages, pruned_kinds=pruned,
+                   sparse=_kernel_pattern(genomes) if all(sparse) else None,
                    size=_sizes(genomes, refs[0]),
                    reference={"name": refs[0].name or refs[0].model, "width": width_multiplier(refs[0])},
                    extra={"producer": {"prune_nas_version": __version__}})
@@ -265,7 +273,8 @@ def reference_genome(genome: Genome) -> Genome:
     ``reference`` genome when that resolves to one of the same model (a file beside it, or a name
     ``resolve_genome`` knows), else the base model at the width multiplier its provenance records
     (``pruned_from.width``), else the base model."""
-    kw = {"num_classes": genome.num_classes, "input_size": genome.input_size, "in_channels": genome.in_channels}
+    kw = {"num_classes": genome.num_classes, "input_size": genome.input_size,
+          "in_channels": genome.in_channels}
     ref = genome.provenance.get("reference")
     if isinstance(ref, str) and ref not in _models():
         beside = genome.source_dir / f"{ref}.json" if genome.source_dir else None
@@ -311,7 +320,8 @@ def _width_pattern(genomes: Sequence[Genome], reference: Genome) -> tuple[list, 
         cols = [i for i, (k, st) in enumerate(zip(kinds, stage_of)) if st == s and k in counted]
         cols = cols or [i for i, st in enumerate(stage_of) if st == s]
         per_run = ratios[:, cols].mean(axis=1)
-        by_kind = {k: float(ratios[:, [i for i in range(len(kinds)) if stage_of[i] == s and kinds[i] == k]].mean())
+        by_kind = {k: float(ratios[:, [i for i in range(len(kinds))
+                                       if stage_of[i] == s and kinds[i] == k]].mean())
                    for k in sorted({kinds[i] for i in range(len(kinds)) if stage_of[i] == s})}
         stages.append({"stage": s, "ratio": float(per_run.mean()), "ratio_std": float(per_run.std()),
                        "by_kind": by_kind, "groups": len(cols)})
@@ -331,7 +341,8 @@ def _sizes(genomes: Sequence[Genome], reference: Genome) -> dict:
 
 
 def _kernel_pattern(genomes: Sequence[Genome]) -> dict:
-    """Per-stage 3x3 keep maps (pooled over kernels and runs) and per-layer densities (mean, std over runs)."""
+    """Per-stage 3x3 keep maps (pooled over kernels and runs) and per-layer densities (mean, std over
+    runs)."""
     from prune_nas.core.masks import load_masks
 
     convs = conv_ops(genomes[0])
@@ -373,7 +384,7 @@ def _kernel_pattern(genomes: Sequence[Genome]) -> dict:
     return {"stages": stages, "layers": layers}
 
 
-# ---- files -----------------------------------------------------------------------------------------------------
+# ---- files -------------------------------------------------------------------------------------------------
 def save_pattern(pattern: Pattern, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(pattern.to_dict(), indent=1) + "\n")
@@ -417,7 +428,8 @@ def plot_widths(pattern: Pattern, path: str | Path) -> Path:
     ax.set_ylim(0, max(x_["base"] for x_ in layers) * 1.2)  # room for the stage labels above the bars
     for s in pattern.stages:
         idx = [i for i, x_ in enumerate(layers) if x_["stage"] == s["stage"]]
-        ax.text(np.mean(idx), ax.get_ylim()[1] * 0.97, f"stage {s['stage']}\n{s['ratio']:.0%} kept", ha="center",
+        ax.text(np.mean(idx), ax.get_ylim()[1] * 0.97, f"stage {s['stage']}\n{s['ratio']:.0%} kept",
+                ha="center",
                 va="top", fontsize=7, color=colors((s["stage"] - 1) % 10))
     ax.set_title(f"Kept widths per layer: {_title(pattern)}", fontsize=10)
     ax.legend(loc="upper left", fontsize=7, bbox_to_anchor=(0, -0.22), ncol=2, frameon=False)

@@ -37,8 +37,9 @@ def _init_record(genome: Genome) -> tuple[Genome, int]:
     """The large genome and seed recorded in ``provenance.pruned_from.large_model.init``."""
     init = ((genome.provenance.get("pruned_from") or {}).get("large_model") or {}).get("init")
     if not isinstance(init, dict) or "seed" not in init or "genome" not in init:
-        raise UserError(f"genome {genome.name or genome.key} does not record the large model's initialisation "
-                        "(provenance.pruned_from.large_model.init); prune it with `prune-nas discover`")
+        raise UserError(f"genome {genome.name or genome.key} does not record the large model's "
+                        "initialisation (provenance.pruned_from.large_model.init); prune it with `prune-nas "
+                        "discover`")
     return Genome.from_dict(init["genome"]), int(init["seed"])
 
 
@@ -52,8 +53,9 @@ def _kept_hash(genome: Genome) -> str:
         return genome.sparsity.mask.sha256
     kept = genome.provenance.get("kept_channels")
     if not isinstance(kept, dict):
-        raise UserError(f"genome {genome.name or genome.key} records no kept channels (provenance.kept_channels); "
-                        "a winning ticket needs a genome pruned by channel surgery or by a weight mask")
+        raise UserError(f"genome {genome.name or genome.key} records no kept channels "
+                        "(provenance.kept_channels); a winning ticket needs a genome pruned by channel "
+                        "surgery or by a weight mask")
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -68,8 +70,8 @@ def ticket_state(genome: Genome) -> dict[str, torch.Tensor]:
     _kept_hash(genome)  # the genome says which weights it keeps
     if genome.sparsity is not None:
         if dict(large.widths) != dict(genome.widths) or large.blocks != genome.blocks:
-            raise UserError(f"sparse genome {genome.name or genome.key} has other widths than its large model; "
-                            "a winning ticket of a sparse genome masks the whole initialisation")
+            raise UserError(f"sparse genome {genome.name or genome.key} has other widths than its large "
+                            "model; a winning ticket of a sparse genome masks the whole initialisation")
         return state
     small, sliced = shrink(large, state, genome.provenance["kept_channels"])
     if dict(small.widths) != dict(genome.widths) or small.blocks != genome.blocks:

@@ -6,25 +6,26 @@ model's parameters. Sizes are in (0, 1].
 
 **Guided Pruning** (``guided_widths``): every pruned group of a stage keeps the stage's mean kept ratio; all
 ratios are multiplied by one common factor, found by bisection, so the genome's cost matches the size within
-one channel per layer (lowering every scaled width by one gives at most the target; raising each by one gives at
-least the target). Kinds of groups the source runs never pruned keep their base width: residual streams under
-slimming or L1-norm pruning stay as they are unless the pattern says the runs pruned them too.
+one channel per layer (lowering every scaled width by one gives at most the target; raising each by one gives
+at least the target). Kinds of groups the source runs never pruned keep their base width: residual streams
+under slimming or L1-norm pruning stay as they are unless the pattern says the runs pruned them too.
 
-**Guided Sparsifying** (``guided_sparse``): dense base widths with exact masks. Each conv layer's density is the
-pattern's (per layer for the same model, else its stage's pooled density), times a common factor found the
-same way so the kept weights hit the size (by params: exactly; by FLOPs: within one weight per layer). In a 3x3
-layer the nine kernel positions keep ``min(1, c * p_pos)`` of their weights, ``p`` being the stage's keep map and
-``c`` the layer's scale to its density; the kept kernels at each position are drawn with a seeded numpy
-Generator, so the masks are deterministic for a seed and their per-stage keep maps reproduce the pattern.
+**Guided Sparsifying** (``guided_sparse``): dense base widths with exact masks. Each conv layer's density is
+the pattern's (per layer for the same model, else its stage's pooled density), times a common factor found the
+same way so the kept weights hit the size (by params: exactly; by FLOPs: within one weight per layer). In a
+3x3 layer the nine kernel positions keep ``min(1, c * p_pos)`` of their weights, ``p`` being the stage's keep
+map and ``c`` the layer's scale to its density; the kept kernels at each position are drawn with a seeded
+numpy Generator, so the masks are deterministic for a seed and their per-stage keep maps reproduce the
+pattern.
 
 **Transfer** (``stage_map``): target stage ``t`` of ``T`` takes the pattern of source stage ``s`` of ``S``:
 the identity when ``S == T`` (VGG-16 -> VGG-19: five pooling stages each; ResNet-56 -> ResNet-110: three
-residual stages each); otherwise the source stage at the same relative depth, ``s = floor((t - 0.5) * S / T) + 1``
-(the source stage containing the middle of the target stage).
+residual stages each); otherwise the source stage at the same relative depth,
+``s = floor((t - 0.5) * S / T) + 1`` (the source stage containing the middle of the target stage).
 
 **Names.** ``<model>-<dataset>`` (``vgg16-cifar10``, ``resnet56-digits``, ``vgg16-l1-cifar100``): the dataset
-is what follows the last ``-`` and must be one of digits, synthetic, cifar10, cifar100, imagenet; the rest must
-be a registered model.
+is what follows the last ``-`` and must be one of digits, synthetic, cifar10, cifar100, imagenet; the rest
+must be a registered model.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ BY = ("params", "flops")
 DISCOVER_RATIO = 0.4  # prune ratio of the runs ``transfer`` discovers when none exist and none is named
 
 
-# ---- names and stages --------------------------------------------------------------------------------------------
+# ---- names and stages --------------------------------------------------------------------------------------
 def parse_name(name: str) -> tuple[str, str]:
     """``"vgg16-cifar10"`` -> ``("vgg16", "cifar10")``; a UserError names what is wrong."""
     from prune_nas.core.arch import MODELS, get_spec
@@ -80,7 +81,8 @@ def stage_map(source_stages: int, target_stages: int) -> dict[int, int]:
             for t in range(1, target_stages + 1)}
 
 
-def target_base(pattern: Pattern, model: str, dataset: str | None = None, width: float | None = None) -> Genome:
+def target_base(pattern: Pattern, model: str, dataset: str | None = None,
+                width: float | None = None) -> Genome:
     """The unpruned target genome that sizes are measured against. On the source runs' dataset: their input,
     classes and width multiplier (``discover`` prunes narrow models on digits); on another dataset: its
     classes at the model's default input, full width. ``width`` overrides the multiplier."""
@@ -106,7 +108,8 @@ def check_sizes(sizes: Sequence[float]) -> list[float]:
     out = []
     for s in sizes:
         if not 0 < s <= 1:
-            raise UserError(f"size {s:g} is impossible: sizes are fractions of the base model kept, in (0, 1]")
+            raise UserError(f"size {s:g} is impossible: sizes are fractions of the base model kept, "
+                            "in (0, 1]")
         out.append(float(s))
     if not out:
         raise UserError("no sizes given")
@@ -119,7 +122,7 @@ def _cost(genome: Genome, by: str) -> int:
     return getattr(count(genome), by)
 
 
-# ---- guided pruning ------------------------------------------------------------------------------------------------
+# ---- guided pruning ----------------------------------------------------------------------------------------
 def group_ratios(pattern: Pattern, target: Genome) -> dict[str, float | None]:
     """Per target width group: the kept ratio it takes from the pattern, or None where it keeps its width."""
     groups = target.groups
@@ -162,14 +165,14 @@ def guided_widths(pattern: Pattern, target: Genome, size: float, by: str = "para
 
     smallest = cost_at(0.0)
     if goal < smallest:
-        raise UserError(f"size {size:g} is impossible for {target.model}: one channel per pruned layer already "
-                        f"keeps {smallest / _cost(target, by):.3f} of its {by}")
+        raise UserError(f"size {size:g} is impossible for {target.model}: one channel per pruned layer "
+                        f"already keeps {smallest / _cost(target, by):.3f} of its {by}")
     factor = match_factor(cost_at, goal, 0.0, hi, iters=60)
     genome = target.replace(widths=widths_at(target, ratios, factor))
     return genome, {"factor": factor, "achieved": _cost(genome, by) / _cost(target, by)}
 
 
-# ---- guided sparsifying --------------------------------------------------------------------------------------------
+# ---- guided sparsifying ------------------------------------------------------------------------------------
 def layer_densities(pattern: Pattern, target: Genome) -> dict[str, float]:
     """Per target conv layer, the pattern's density: its own for the same layers, else its stage's."""
     if not pattern.sparse:
@@ -191,7 +194,8 @@ def kernel_maps(pattern: Pattern, target: Genome) -> dict[int, np.ndarray]:
     for t in stages:
         src = pattern.kernel_stage(smap[t])
         km = src["kernel_keep"] if src and src["kernel_keep"] is not None else None
-        out[t] = np.asarray(km, dtype=float) if km is not None else np.full((3, 3), src["density"] if src else 1.0)
+        out[t] = np.asarray(km, dtype=float) if km is not None \
+            else np.full((3, 3), src["density"] if src else 1.0)
     return out
 
 
@@ -202,8 +206,8 @@ def _kept_counts(ops: dict, dens: dict[str, float], target: Genome, size: float,
     fixed = base_cost - sum(total[n] * unit[n] for n in ops)  # BN, linear and biases: never masked
     goal = size * base_cost - fixed
     if goal < sum(unit.values()):
-        raise UserError(f"size {size:g} is impossible for sparse {target.model}: its unmasked layers alone keep "
-                        f"{(fixed + sum(unit.values())) / base_cost:.3f} of its {by}")
+        raise UserError(f"size {size:g} is impossible for sparse {target.model}: its unmasked layers alone "
+                        f"keep {(fixed + sum(unit.values())) / base_cost:.3f} of its {by}")
 
     def kept_at(f):
         return {n: max(1, min(total[n], round(total[n] * min(1.0, f * dens[n])))) for n in ops}
@@ -236,7 +240,8 @@ def guided_sparse(pattern: Pattern, target: Genome, size: float, seed: int = 0, 
     maps = kernel_maps(pattern, target)
     kept = _kept_counts(ops, dens, target, size, by)
     rng = np.random.default_rng(seed)
-    masks = {n: sample_mask((op.cout, op.cin, op.k, op.k), kept[n], maps[op.stage] if op.k == 3 else None, rng)
+    masks = {n: sample_mask((op.cout, op.cin, op.k, op.k), kept[n], maps[op.stage] if op.k == 3 else None,
+                            rng)
              for n, op in ops.items()}
     # Six significant digits, not decimals: a layer keeping one weight of millions must stay above zero.
     sp = Sparsity(density={n: float(f"{kept[n] / op.weight_count:.6g}") for n, op in ops.items()},
@@ -248,7 +253,7 @@ def guided_sparse(pattern: Pattern, target: Genome, size: float, seed: int = 0, 
     return genome, masks, {"achieved": achieved}
 
 
-# ---- writing -----------------------------------------------------------------------------------------------------
+# ---- writing -----------------------------------------------------------------------------------------------
 def write_genome(genome: Genome, path: Path, masks: dict[str, np.ndarray] | None = None) -> Genome:
     """Save ``genome`` (and its masks as ``<stem>.masks.npz`` beside it, referenced with their SHA-256)."""
     from prune_nas.core.masks import save_masks
@@ -303,7 +308,7 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
     return out
 
 
-# ---- transfer ----------------------------------------------------------------------------------------------------
+# ---- transfer ----------------------------------------------------------------------------------------------
 def discovered_files(model: str, dataset: str, method: str, folder: Path, ratio: float | None = None
                      ) -> list[Path]:
     """Discovered runs: ``<model>[-x<width>]-<dataset>-<method>-*.json`` (not the ``.masks``/reference files);
@@ -327,8 +332,8 @@ def _is_width(text: str) -> bool:
 def source_pattern(source: str, method: str, discovered_dir: Path, *, discover: bool = True, runs: int = 3,
                    ratio: float | None = None, say: Callable[[str], None] = print,
                    discover_kwargs: dict | None = None) -> Pattern:
-    """The pattern of ``source`` (``<model>-<dataset>``) mined from its discovered runs by ``method`` (those at
-    ``ratio`` if given, else all); with none on disk, run the discovery first (``runs`` seeds at ``ratio``,
+    """The pattern of ``source`` (``<model>-<dataset>``) mined from its discovered runs by ``method`` (those
+    at ``ratio`` if given, else all); with none on disk, run the discovery first (``runs`` seeds at ``ratio``,
     default ``DISCOVER_RATIO``) or, if ``discover`` is False, refuse."""
     model, dataset = parse_name(source)
     files = discovered_files(model, dataset, method, discovered_dir, ratio)
@@ -336,8 +341,8 @@ def source_pattern(source: str, method: str, discovered_dir: Path, *, discover: 
     where = f"{Path(discovered_dir).as_posix()}/{model}[-x<width>]-{dataset}-{method}-{tag}*.json"
     ratio = DISCOVER_RATIO if ratio is None else ratio
     if not files:
-        hint = (f"`prune-nas discover --method {method} --model {model} --dataset {dataset} --ratio {ratio:g}` "
-                "creates them")
+        hint = (f"`prune-nas discover --method {method} --model {model} --dataset {dataset} --ratio "
+                f"{ratio:g}` creates them")
         if not discover:
             raise UserError(f"no pruned runs of {source} by {method} found ({where}); {hint}, or drop "
                             "--no-discover to run it now")
@@ -363,9 +368,11 @@ def run_discovery(method: str, model: str, dataset: str, ratio: float, seeds, **
 
 def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = "slimming",
              pattern: Pattern | None = None, discovered_dir: Path, out_dir: Path, sparse: bool | None = None,
-             by: str = "params", seed: int = 0, discover: bool = True, runs: int = 3, ratio: float | None = None,
+             by: str = "params", seed: int = 0, discover: bool = True, runs: int = 3,
+             ratio: float | None = None,
              pattern_out: Path | None = None, say: Callable[[str], None] = print,
-             discover_kwargs: dict | None = None, width: float | None = None) -> list[tuple[Path, Genome, dict]]:
+             discover_kwargs: dict | None = None,
+             width: float | None = None) -> list[tuple[Path, Genome, dict]]:
     """Transferred genomes: ``source`` runs' pattern applied to ``target`` (both ``<model>-<dataset>``),
     written as ``out_dir/<source>-to-<target>-<method>[-sparse]-<size>.json``."""
     t_model, t_dataset = parse_name(target)
@@ -380,6 +387,7 @@ def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = 
     sparse = bool(pattern.sparse) if sparse is None else sparse
     stem = f"{slug(source, 'source')}-to-{slug(target, 'target')}-{slug(pattern.method, 'pattern method')}"
     stem += "-sparse" if sparse else ""
-    return generate(pattern, target_base(pattern, t_model, t_dataset, width), sizes, out_dir, stem, sparse=sparse, by=by,
+    return generate(pattern, target_base(pattern, t_model, t_dataset, width), sizes, out_dir, stem,
+                    sparse=sparse, by=by,
                     seed=seed, kind="transferred",
                     pattern_file=pattern_out.as_posix() if pattern_out is not None else None)

@@ -14,7 +14,10 @@ May import: ``prune_nas.training``, ``prune_nas.core``.
 from __future__ import annotations
 
 from prune_nas.methods import baselines, l1norm, magnitude, regression, sfp, slimming, sss, thinet  # noqa: F401
-from prune_nas.methods import generic  # noqa: F401  (after the built-ins: it attaches their generic variants)
+
+# isort: split
+# After the built-ins: ``generic`` attaches their generic variants.
+from prune_nas.methods import generic  # noqa: F401
 from prune_nas.methods._base import (
     REGISTRY,
     Method,
@@ -26,4 +29,5 @@ from prune_nas.methods._base import (
     register,
 )
 
-__all__ = ["REGISTRY", "Method", "Param", "PruneResult", "check_ratio", "get_method", "list_methods", "register"]
+__all__ = ["REGISTRY", "Method", "Param", "PruneResult", "check_ratio", "get_method", "list_methods",
+           "register"]

@@ -215,8 +215,8 @@ def sample_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, window
 
 
 def input_batch(data: Any, images: int, seed: int) -> torch.Tensor:
-    """A float batch of up to ``images`` inputs from a tensor or a ``prune_nas.training.data.Dataset`` (its training
-    split, without augmentation)."""
+    """A float batch of up to ``images`` inputs from a tensor or a ``prune_nas.training.data.Dataset`` (its
+    training split, without augmentation)."""
     if data is None:
         raise UserError("this method needs data to sample activations from (a dataset or a batch of inputs)")
     if isinstance(data, torch.Tensor):

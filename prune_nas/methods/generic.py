@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 DEPGRAPH = "Fang, Ma, Song, Mi & Wang, DepGraph: Towards Any Structural Pruning, CVPR 2023 (Torch-Pruning)"
 
 
-# ---- shared machinery ---------------------------------------------------------------------------------------
+# ---- shared machinery --------------------------------------------------------------------------------------
 def traced_groups(genome: Genome, model: nn.Module) -> dict[str, Any]:
     """Group name -> Torch-Pruning group of ``model`` (the genome's reference model, trained)."""
     from prune_nas.core.generic.analysis import analysis_of, dependency_graph, writers_of
@@ -68,7 +68,8 @@ def writer_l1(group, width: int) -> np.ndarray:
     score = torch.zeros(width, dtype=torch.float64)
     for item in group:
         m, idxs = item.dep.target.module, list(item.idxs)
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and item.dep.handler.__name__.endswith("out_channels"):
+        if (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+                and item.dep.handler.__name__.endswith("out_channels")):
             w = m.weight.detach().double()
             norms = w.abs().flatten(1).sum(1) if not getattr(m, "transposed", False) else \
                 w.abs().transpose(0, 1).flatten(1).sum(1)
@@ -124,7 +125,8 @@ def _local(method: Method, genome, model, ratio, score: Callable[[str, Any, int]
            groups: list[str] | None = None, ratios: dict | None = None, seed: int = 0,
            params: dict | None = None) -> PruneResult:
     """Every group in ``groups`` (default all) keeps ``1 - ratio`` of its channels (or its own ratio), the
-    best by ``score(name, tp_group, width)``, the first ones when ``score`` is None, random ones for "random"."""
+    best by ``score(name, tp_group, width)``, the first ones when ``score`` is None, random ones for
+    "random"."""
     ratio = _ratio(ratio)
     ratios = dict(ratios or {})
     names = list(genome.groups.names) if groups is None else groups
@@ -211,7 +213,8 @@ class GenericSlimming(Slimming):
         norms = prunable_norms(genome)
         traced = traced_groups(genome, model)
         module_name = {m: n for n, m in model.named_modules()}
-        scores = {g: bn_scales(traced[g], int(genome.widths[g]), names, module_name) for g, names in norms.items()}
+        scores = {g: bn_scales(traced[g], int(genome.widths[g]), names, module_name)
+                  for g, names in norms.items()}
         values = np.concatenate(list(scores.values()))
         threshold = global_threshold(values, ratio)
         keep, notes = {}, []
@@ -219,12 +222,14 @@ class GenericSlimming(Slimming):
             pos = np.flatnonzero(sc > threshold).tolist()
             if not pos:
                 pos = [int(np.argmax(sc))]
-                notes.append(f"{g}: kept 1 of {len(sc)} channels (every |gamma| is at or below the threshold)")
+                notes.append(f"{g}: kept 1 of {len(sc)} channels "
+                             "(every |gamma| is at or below the threshold)")
             keep[g] = pos
         removed = len(values) - sum(len(k) for k in keep.values())
         notes.insert(0, f"global |gamma| threshold {threshold:.4g} over {len(values)} channels in "
                         f"{len(scores)} groups; removed {removed} ({removed / len(values):.1%})")
-        result = finish(self, genome, model, keep, {"ratio": ratio, **({"s": s} if s is not None else {})}, notes)
+        result = finish(self, genome, model, keep, {"ratio": ratio, **({"s": s} if s is not None else {})},
+                        notes)
         result.genome = result.genome.replace(provenance={**result.genome.provenance, "threshold": threshold})
         return result
 
@@ -241,7 +246,8 @@ class GenericMagnitude(GenericMethod):
     summary = REGISTRY["magnitude"].summary
     citation = REGISTRY["magnitude"].citation
     target = "automatic"
-    params = (Param("ratio", 0.5, "sparsity: fraction of all conv weights removed (exactly round(ratio * N))"),)
+    params = (Param("ratio", 0.5,
+                    "sparsity: fraction of all conv weights removed (exactly round(ratio * N))"),)
 
     def prune(self, genome, model, *, ratio=0.5, **_) -> PruneResult:
         from prune_nas.core.genome import Sparsity
@@ -284,11 +290,12 @@ class _TorchPruningImportance(GenericMethod):
 @register
 class Taylor(_TorchPruningImportance):
     name = "taylor"
-    summary = "first-order Taylor importance of each coupled channel group (loss gradients x weights on a few " \
-              "training batches), every group pruned by ratio"
-    citation = "Molchanov, Mallya, Tyree, Frosio & Kautz, Importance Estimation for Neural Network Pruning, " \
-               "CVPR 2019; " + DEPGRAPH
-    params = _TorchPruningImportance.params + (Param("batches", 4, "training batches the gradients come from"),)
+    summary = ("first-order Taylor importance of each coupled channel group (loss gradients x weights on a "
+               "few training batches), every group pruned by ratio")
+    citation = ("Molchanov, Mallya, Tyree, Frosio & Kautz, Importance Estimation for Neural Network "
+                "Pruning, CVPR 2019; " + DEPGRAPH)
+    params = _TorchPruningImportance.params + (Param("batches", 4,
+                                                     "training batches the gradients come from"),)
 
     def prune(self, genome, model, *, ratio=0.5, data=None, seed=0, batches=4, **kw) -> PruneResult:
         self._batches = int(batches)

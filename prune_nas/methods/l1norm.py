@@ -4,15 +4,16 @@ Each pruned layer keeps its filters with the largest sum of absolute weights, ra
 weights of that layer alone (Li et al.'s "independent" strategy). Kept widths are predefined:
 
 * ``config`` ``A`` / ``B``: the paper's named configs. VGG-16-A keeps the widths of
-  ``prune_nas.core.library.L1_VGG16_A`` (as fractions of the base widths, so a narrowed ``--width`` model is pruned
-  in proportion); ResNet configs are ``prune_nas.core.library.L1_RESNET_CONFIGS`` (skip list + per-stage ratios).
+  ``prune_nas.core.library.L1_VGG16_A`` (as fractions of the base widths, so a narrowed ``--width`` model is
+  pruned in proportion); ResNet configs are ``prune_nas.core.library.L1_RESNET_CONFIGS`` (skip list +
+  per-stage ratios).
 * ``ratio`` (fraction removed) for every prunable layer, except the conv ids in ``skip``: a kept width is
   ``int(w * (1 - ratio))``, at least 1 (reported in ``notes`` when the floor applies).
 
 Conv ids count the main-path convs in order starting at 1 with the first conv (VGG: conv1 = 1; ResNet: the
 stem is 1, then each block's convs in order, shortcut projections not counted, so a basic block's first conv
-has an even id as in Li et al.). Only the inner convs of residual blocks are pruned (the residual width stays):
-``conv1`` of a basic block, ``conv1`` and ``conv2`` of a bottleneck.
+has an even id as in Li et al.). Only the inner convs of residual blocks are pruned (the residual width
+stays): ``conv1`` of a basic block, ``conv1`` and ``conv2`` of a bottleneck.
 """
 
 from __future__ import annotations
@@ -109,14 +110,16 @@ def filter_l1(genome, model, group: str) -> np.ndarray:
 @register
 class L1Norm(Method):
     name = "l1-norm"
-    summary = "per layer, keep the filters with the largest sum of absolute weights; widths fixed by the user " \
-              "(ratio + skip list, or the paper's configs A/B); residual blocks prune only their inner convs"
+    summary = ("per layer, keep the filters with the largest sum of absolute weights; widths fixed by the "
+               "user (ratio + skip list, or the paper's configs A/B); residual blocks prune only their "
+               "inner convs")
     citation = "Li, Kadav, Durdanovic, Samet & Graf, Pruning Filters for Efficient ConvNets, ICLR 2017"
     target = "predefined"
     families = ("vgg", "resnet")
     params = (
         Param("ratio", None, "fraction of filters removed from every pruned layer (0.5 when no config)"),
-        Param("config", None, "the paper's named config instead of a ratio: A (VGG-16, ResNets) or B (ResNets)"),
+        Param("config", None,
+              "the paper's named config instead of a ratio: A (VGG-16, ResNets) or B (ResNets)"),
         Param("skip", (), "conv ids left unpruned with --ratio (ids count convs from 1; ResNet stem = 1)"),
     )
 

@@ -10,9 +10,9 @@ Linear layers (classifier heads) are not pruned, as in the paper's CIFAR and Ima
 
 The result is a sparse genome with the same widths: per-layer ``density``, per-stage ``kernel_keep`` (for each
 of the nine 3x3 positions, the fraction of the stage's 3x3 kernels that keep it, pooled over every 3x3 conv of
-the stage), and the exact masks (``PruneResult.masks``; ``discover`` writes them to the ``.masks.npz`` file the
-genome names). The inherited weights are the trained weights times the mask; scratch training reuses the mask
-with a fresh init (``prune_nas.core.masks.apply_masks``).
+the stage), and the exact masks (``PruneResult.masks``; ``discover`` writes them to the ``.masks.npz`` file
+the genome names). The inherited weights are the trained weights times the mask; scratch training reuses the
+mask with a fresh init (``prune_nas.core.masks.apply_masks``).
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ class Magnitude(Method):
     name = "magnitude"
     summary = "non-structured: one global magnitude threshold over all conv weights; exact mask file, " \
               "per-layer densities and per-stage 3x3 kernel keep maps"
-    citation = "Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural Networks, " \
-               "NIPS 2015"
+    citation = ("Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural "
+                "Networks, NIPS 2015")
     target = "automatic"
     structured = False
     families = ("vgg", "resnet", "preresnet", "densenet")
-    params = (Param("ratio", 0.5, "sparsity: fraction of all conv weights removed (exactly round(ratio * N))"),)
+    params = (Param("ratio", 0.5,
+                    "sparsity: fraction of all conv weights removed (exactly round(ratio * N))"),)
 
     def check(self, genome, ratio=0.5, **kwargs) -> None:
         super().check(genome)

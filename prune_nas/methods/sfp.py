@@ -102,8 +102,9 @@ class SoftFilterPruning(Method):
                "Networks, IJCAI 2018"
     target = "predefined"
     families = ("resnet", "vgg")
-    params = (Param("ratio", DEFAULT_RATIO, "fraction of filters removed from every pruned layer, floor(n * "
-                                            "ratio) (the reference's --rate is the kept fraction: 1 - ratio)"),)
+    params = (Param("ratio", DEFAULT_RATIO,
+                    "fraction of filters removed from every pruned layer, floor(n * ratio) (the "
+                    "reference's --rate is the kept fraction: 1 - ratio)"),)
     regularizes_training = True  # the large model trains with the per-epoch zeroing callback
     training_params = ("ratio",)
 

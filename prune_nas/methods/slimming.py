@@ -1,4 +1,5 @@
-"""Network Slimming (Liu et al., ICCV 2017): L1 on BatchNorm scales during training, then one global threshold.
+"""Network Slimming (Liu et al., ICCV 2017): L1 on BatchNorm scales during training, then one global
+threshold.
 
 Training: every *prunable* BN scale gamma gets ``s * sign(gamma)`` added to its gradient after backward.
 The reference code's ``s`` is ``1e-4`` for CIFAR VGG and ``1e-5`` for ResNet, PreResNet and DenseNet, on the
@@ -30,12 +31,13 @@ epochs sum(lr) S_EXPONENT = 1                             S_EXPONENT = 0.8
 With the paper's 1e-4 every |gamma| stays near 1 (10% quantile 0.94 at 5 epochs, 0.84 at 20) and the
 50%-pruned model is near chance (kept 24% at 5 epochs, 36% at 10; FT 34% and 72%). No s works at 5 epochs
 (0.02: no scale near zero, FT 80%; 0.025: the large model drops to 71%): Network Slimming needs about 10
-digits epochs or more, and the derivation says so below a sum of lr of ``SHORTEST_LR_SUM``. Without re-estimated BN statistics the inherited model is far worse (10% at 10
-epochs, 66% at 20): a removed channel still fed its next layer the constant ``relu(beta)``, which that
-layer's running mean includes; fine-tuning (train-mode BN) absorbs it at once. For ResNet-20 on digits (20
-epochs) the rule gives s = 8.9e-4, which zeroes no scale (a 50% cut still fine-tunes to 99%); the VGG value
-0.0089 zeroes 66%. The discover pipeline records the effective s and its derivation in the genome's
-provenance (``pruned_from.large_model.training``) and notes; an explicit ``s`` is used as given.
+digits epochs or more, and the derivation says so below a sum of lr of ``SHORTEST_LR_SUM``. Without
+re-estimated BN statistics the inherited model is far worse (10% at 10 epochs, 66% at 20): a removed channel
+still fed its next layer the constant ``relu(beta)``, which that layer's running mean includes; fine-tuning
+(train-mode BN) absorbs it at once. For ResNet-20 on digits (20 epochs) the rule gives s = 8.9e-4, which
+zeroes no scale (a 50% cut still fine-tunes to 99%); the VGG value 0.0089 zeroes 66%. The discover pipeline
+records the effective s and its derivation in the genome's provenance (``pruned_from.large_model.training``)
+and notes; an explicit ``s`` is used as given.
 
 Pruning: ONE threshold over the |gamma| of all prunable BNs together, the ``ratio`` quantile with numpy's
 ``"lower"`` convention: ``np.quantile(|gamma|, ratio, method="lower")``, i.e. the value at index
@@ -76,7 +78,8 @@ S_IMAGENET = 1e-5  # the reference's s for ImageNet VGG-11 (its README: --s 0.00
 PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH = 160, 782  # CIFAR: 50,000 images in batches of 64, the last one partial
 IMAGENET_EPOCHS, IMAGENET_STEPS_PER_EPOCH = 90, 5005  # 1,281,167 images in batches of 256
 S_EXPONENT = 0.8  # s grows as (paper's sum of lr / the schedule's) ** S_EXPONENT; see the module doc
-SHORTEST_LR_SUM = 12.0  # the shortest schedule the rule keeps the large model on: 10 digits epochs (sum 12.03)
+# the shortest schedule the rule keeps the large model on: 10 digits epochs (sum 12.03)
+SHORTEST_LR_SUM = 12.0
 
 
 def default_s(family: str, imagenet: bool = False) -> float:
@@ -85,7 +88,8 @@ def default_s(family: str, imagenet: bool = False) -> float:
 
 
 def lr_sum(protocol, steps_per_epoch: int) -> float:
-    """The sum of the learning rate over every SGD step of ``protocol`` (``steps_per_epoch`` steps an epoch)."""
+    """The sum of the learning rate over every SGD step of ``protocol`` (``steps_per_epoch`` steps an
+    epoch)."""
     return float(steps_per_epoch) * sum(protocol.lr_at(e) for e in range(protocol.epochs))
 
 
@@ -182,9 +186,10 @@ def global_threshold(values: np.ndarray, ratio: float) -> float:
 @register
 class Slimming(Method):
     name = "slimming"
-    summary = "L1 penalty on BN scales while training, then one global |gamma| threshold over all prunable BNs"
-    citation = "Liu, Li, Shen, Huang, Yan & Zhang, Learning Efficient Convolutional Networks through Network " \
-               "Slimming, ICCV 2017"
+    summary = ("L1 penalty on BN scales while training, then one global |gamma| threshold over all "
+               "prunable BNs")
+    citation = ("Liu, Li, Shen, Huang, Yan & Zhang, Learning Efficient Convolutional Networks through "
+                "Network Slimming, ICCV 2017")
     target = "automatic"
     families = ("vgg", "resnet", "preresnet", "densenet")
     params = (
@@ -230,7 +235,8 @@ class Slimming(Method):
             pos = np.flatnonzero(sc > threshold)
             if pos.size == 0:
                 pos = np.array([int(np.argmax(sc))])
-                notes.append(f"{g}: kept 1 of {len(sc)} channels (every |gamma| is at or below the threshold)")
+                notes.append(f"{g}: kept 1 of {len(sc)} channels "
+                             "(every |gamma| is at or below the threshold)")
             keep[g] = channel_ids(genome, model, g)[pos]
         small, new_state = shrink(genome, state, keep)
         removed = sum(len(sc) for sc in scores.values()) - sum(len(k) for k in keep.values())

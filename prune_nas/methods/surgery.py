@@ -11,8 +11,9 @@ Kept channels are given per *width group* (coupled slots share one index set):
   ``Slot.reads``), which must be channels the large model's selection already reads. For a base model
   (full selections) these are simply the BN channel positions.
 
-A group absent from ``keep`` keeps all its channels (a selection: all it reads that its producers keep). The small model's ``ChannelSelect.index`` buffers are
-rewritten so that it reads exactly the kept channels of the (possibly narrower) small tensor.
+A group absent from ``keep`` keeps all its channels (a selection: all it reads that its producers keep). The
+small model's ``ChannelSelect.index`` buffers are rewritten so that it reads exactly the kept channels of the
+(possibly narrower) small tensor.
 
 >>> import torch
 >>> from prune_nas import base_genome, build
@@ -182,7 +183,8 @@ def shrink(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor],
         small_index = new_pos[large_index[pos]]
         if (small_index < 0).any():
             lost = large_index[pos][small_index < 0]
-            raise ValueError(f"{g}: selects channels {lost[:5].tolist()} of a tensor whose producer prunes them")
+            raise ValueError(f"{g}: selects channels {lost[:5].tolist()} of a tensor whose producer prunes "
+                             "them")
         sel_pos[slot] = pos
         sel_index[slot] = torch.as_tensor(small_index, dtype=torch.long)
 
@@ -220,9 +222,11 @@ def shrink(genome: Genome, model: nn.Module | Mapping[str, torch.Tensor],
     for slot, idx in sel_index.items():
         new[f"{slot}.index"] = idx
 
-    widths = {g: len((sel_pos if groups.kind(g) == "select" else kept)[groups.members[g][0]]) for g in groups.names}
+    widths = {g: len((sel_pos if groups.kind(g) == "select" else kept)[groups.members[g][0]]) for g
+              in groups.names}
     kept_ids = {g: np.unique(np.asarray(list(ids), dtype=np.int64)).tolist() for g, ids in keep.items()}
-    small = genome.replace(widths=widths, name=None, provenance={**genome.provenance, "kept_channels": kept_ids})
+    small = genome.replace(widths=widths, name=None,
+                           provenance={**genome.provenance, "kept_channels": kept_ids})
     _check_shapes(small, new)
     return small, new
 
@@ -236,7 +240,8 @@ def _clean(idx: Sequence[int], size: int, group: str) -> np.ndarray:
     return arr
 
 
-def _concat_map(reads: tuple[str, ...], slot_w: Mapping[str, int], kept: Mapping[str, np.ndarray]) -> np.ndarray:
+def _concat_map(reads: tuple[str, ...], slot_w: Mapping[str, int],
+                kept: Mapping[str, np.ndarray]) -> np.ndarray:
     """For the concatenation of ``reads``: large channel -> its channel in the small model (-1 if pruned)."""
     out, small = [], 0
     for r in reads:
@@ -261,7 +266,8 @@ def _check_shapes(small: Genome, state: Mapping[str, torch.Tensor]) -> None:
             raise ValueError(f"no weights for layer {op.name!r} in the state dict")
         want = {"conv": (op.cout, op.cin, op.k, op.k), "linear": (op.cout, op.cin), "bn": (op.cout,)}[op.kind]
         if tuple(w.shape) != want:
-            raise ValueError(f"{op.name}: sliced weight has shape {tuple(w.shape)}, the pruned layer needs {want}")
+            raise ValueError(f"{op.name}: sliced weight has shape {tuple(w.shape)}, the pruned layer needs "
+                             f"{want}")
     sw = small.slot_widths()
     for slot, info in small.groups.slots.items():
         if info.kind == "select" and len(state[f"{slot}.index"]) != sw[slot]:

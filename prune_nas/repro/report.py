@@ -1,7 +1,8 @@
 """Reports of experiment runs: Markdown and CSV tables and PNG figures, read from a run folder's manifest.
 
-``render(run_folder, out)`` reads ``manifest.json`` (written by ``prune_nas.repro.experiments.run_experiment``) and
-the genomes and patterns beside it, and writes into ``out``:
+``render(run_folder, out)`` reads ``manifest.json`` (written by
+``prune_nas.repro.experiments.run_experiment``) and the genomes and patterns beside it, and writes into
+``out``:
 
 * ``report.md``: title, what ran (scale, data, seeds, epochs, hardware, wall time, versions), the table, the
   figures, and the paper's own numbers for reference;
@@ -13,10 +14,11 @@ By kind:
 * ``comparison`` (Tables 1-6): the paper's layout, one line per model x pruned model (or ratio), columns
   Unpruned, Fine-tuned, Scratch-E, Scratch-B as mean ± sample std (n - 1) of the final test top-1 over the
   seeds; the best of the three pruned-size columns in bold; ``*`` marks a Scratch-E / Scratch-B mean that
-  differs from Fine-tuned with p < 0.05 in Welch's two-sided t-test (``prune_nas.repro.evaluate.welch``). Relative
-  layouts (Tables 2, 3) show differences from the unpruned mean in points. Figures: accuracy per column with
-  error bars (``accuracy.png``) and the kept widths per layer (``widths-row<i>.png``), or the 3x3 kernel keep
-  maps for weight pruning (``kernels-row<i>.png``), mined from the pruned genomes (``prune_nas.design.mining``).
+  differs from Fine-tuned with p < 0.05 in Welch's two-sided t-test (``prune_nas.repro.evaluate.welch``).
+  Relative layouts (Tables 2, 3) show differences from the unpruned mean in points. Figures: accuracy per
+  column with error bars (``accuracy.png``) and the kept widths per layer (``widths-row<i>.png``), or the 3x3
+  kernel keep maps for weight pruning (``kernels-row<i>.png``), mined from the pruned genomes
+  (``prune_nas.design.mining``).
 * ``widths`` (Table 8): kept width per layer, mean ± std over runs, beside the paper's; width bars.
 * ``kernels`` (Figure 4): per-stage 3x3 keep probabilities; heat maps.
 * ``efficiency`` / ``guided`` (Figures 3, 5): accuracy vs params (mean ± std both ways) per series (pruned,
@@ -40,6 +42,7 @@ from prune_nas.core.errors import UserError
 from prune_nas.core.units import human
 from prune_nas.repro import compare
 from prune_nas.repro.compare import COLUMNS, HEAD, paper_value
+
 SERIES_STYLE = {"pruned": ("C0", "o", "pruned (method)"), "uniform": ("C7", "s", "uniform"),
                 "guided": ("C2", "^", "guided"), "transferred": ("C3", "D", "transferred")}
 DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "digits": "digits",
@@ -48,7 +51,7 @@ ALPHA = 0.05
 DODGE = 0.01  # horizontal offset between curve series (a fraction of params), so matched points stay visible
 
 
-# ---- entry points ----------------------------------------------------------------------------------------------
+# ---- entry points ------------------------------------------------------------------------------------------
 def find_runs(path: str | os.PathLike, scale: str | None = None) -> list[Path]:
     """Run folders (with a ``manifest.json``) under ``path``: the folder itself, a spec's folder (one scale:
     ``scale``, else the largest scale present, paper > small > smoke) or a folder of specs' folders."""
@@ -76,7 +79,8 @@ def find_runs(path: str | os.PathLike, scale: str | None = None) -> list[Path]:
     found = [p for p in (pick(d) for d in sorted(path.iterdir()) if d.is_dir()) if p is not None]
     if not found:
         at = f" at the {scale} scale" if scale else ""
-        raise UserError(f"no experiment results{at} under {path} (run `prune-nas run <spec> --scale ...` first)")
+        raise UserError(f"no experiment results{at} under {path} (run `prune-nas run <spec> --scale ...` "
+                        "first)")
     return found
 
 
@@ -103,7 +107,7 @@ def render(run_folder: str | os.PathLike, out: str | os.PathLike, latency: str |
     return [report] + files
 
 
-# ---- header ----------------------------------------------------------------------------------------------------
+# ---- header ------------------------------------------------------------------------------------------------
 def _header(m: dict) -> list[str]:
     s, plan = m["spec"], m["plan"]
     rows = plan["rows"]
@@ -120,9 +124,10 @@ def _header(m: dict) -> list[str]:
         lines += ["", " ".join(s["description"].split())]
     when = m.get("updated", m.get("started", ""))
     threads = hw.get("threads", "?")
-    lines += ["", (f"Ran on {hw.get('device', '?')}, {threads} torch thread{'' if threads == 1 else 's'}; wall time "
-                  f"{_duration(m.get('wall_time_s'))} (training and pruning {_duration(m.get('compute_time_s'))}); "
-                  f"prune-nas {v.get('prune_nas')}, torch {v.get('torch')}, Python {v.get('python')}; {when}.")]
+    lines += ["", (f"Ran on {hw.get('device', '?')}, {threads} torch thread{'' if threads == 1 else 's'}; "
+                  f"wall time {_duration(m.get('wall_time_s'))} (training and pruning "
+                  f"{_duration(m.get('compute_time_s'))}); prune-nas {v.get('prune_nas')}, torch "
+                  f"{v.get('torch')}, Python {v.get('python')}; {when}.")]
     if status != "complete":
         lines += ["", (f"**Incomplete ({status}): {prog.get('done')} of {prog.get('total')} runs finished.** "
                       "Run the same `prune-nas run` command again to resume.")]
@@ -146,7 +151,7 @@ def _duration(s) -> str:
     return f"{s / 3600:.1f} h"
 
 
-# ---- comparison tables -------------------------------------------------------------------------------------------
+# ---- comparison tables -------------------------------------------------------------------------------------
 def comparison_cells(m: dict) -> list[dict]:
     """One dict per table row: the plan row, and per column the values over seeds, mean, std, p-value."""
     from prune_nas.repro.evaluate import welch
@@ -161,8 +166,10 @@ def comparison_cells(m: dict) -> list[dict]:
                     and r.get("final_top1") is not None]
             cells[col] = {"values": vals, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
                           "std": (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None,
-                          "epochs": sorted({r.get("epochs") for r in runs if r["role"] == col and r.get("epochs")}),
-                          "failed": sum(1 for r in runs if r["role"] == col and r.get("status") not in ("ok",))}
+                          "epochs": sorted({r.get("epochs") for r in runs if r["role"] == col
+                                            and r.get("epochs")}),
+                          "failed": sum(1 for r in runs
+                                        if r["role"] == col and r.get("status") not in ("ok",))}
         for col in ("scratch-e", "scratch-b"):
             ft = cells["finetune"]["values"]
             t = welch(HEAD[col], cells[col]["values"], HEAD["finetune"], ft)
@@ -202,12 +209,14 @@ def comparison_markdown(m: dict, table: list[dict] | None = None) -> str:
     relative = m["plan"].get("layout") == "relative"
     heads = ["Dataset", "Model", "Unpruned", "Pruned model", "Params kept", "FLOPs kept"]
     heads += [HEAD[c] + (" (Δ)" if relative else "") for c in ("finetune", "scratch-e", "scratch-b")]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["--:"] + ["---"] + ["--:"] * 5) + "|"]
+    lines = ["| " + " | ".join(heads) + " |",
+             "|" + "|".join(["---"] * 2 + ["--:"] + ["---"] + ["--:"] * 5) + "|"]
     last = (None, None)
     for t in table:
         row, cells = t["row"], t["cells"]
         key = (row["dataset"], _model_name(row))
-        ds, model = (DATASETS.get(row["dataset"], row["dataset"]), _model_name(row)) if key != last else ("", "")
+        ds, model = (DATASETS.get(row["dataset"], row["dataset"]), _model_name(row)) \
+            if key != last else ("", "")
         base = cells["unpruned"]["mean"] if relative else None
         line = [ds, model, _cell(cells["unpruned"], None, False, False), row["label"],
                 _pct(t["params_kept"]), _pct(t["flops_kept"])]
@@ -236,7 +245,8 @@ def comparison_csv(m: dict, table: list[dict]) -> str:
         row = t["row"]
         for c in COLUMNS:
             cell = t["cells"][c]
-            w.writerow([row["index"], row["dataset"], row["model"], row.get("width", 1.0), row["label"], c, cell["n"],
+            w.writerow([row["index"], row["dataset"], row["model"], row.get("width", 1.0), row["label"], c,
+                        cell["n"],
                         _f(cell["mean"]), _f(cell["std"]), ";".join(f"{v:.6f}" for v in cell["values"]),
                         ";".join(map(str, cell["epochs"])), _f(cell.get("p")), int(c in t["best"]),
                         _f(t["params_kept"]), _f(t["flops_kept"]),
@@ -280,13 +290,14 @@ def _comparison(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
     body = ["## Table", "", comparison_markdown(m, table), "",
             f"Final test top-1 (%), mean ± sample std over {_join(seeds)} seeds"
             + (" (pruned-size columns: difference from the unpruned mean, in points)" if relative else "")
-            + "; **bold**: the best of Fine-tuned, Scratch-E and Scratch-B; \\*: differs from Fine-tuned with "
-              f"p < {ALPHA:g} (Welch's two-sided t-test, `scipy.stats.ttest_ind(equal_var=False)`). Params and "
-              "FLOPs kept: the pruned model's share of the unpruned model's (mean over runs)."]
+            + "; **bold**: the best of Fine-tuned, Scratch-E and Scratch-B; \\*: differs from Fine-tuned "
+              f"with p < {ALPHA:g} (Welch's two-sided t-test, `scipy.stats.ttest_ind(equal_var=False)`). "
+              "Params and FLOPs kept: the pruned model's share of the unpruned model's (mean over runs)."]
     epochs = []
     for t in table:
         e = {c: t["cells"][c]["epochs"] for c in COLUMNS}
-        epochs.append(f"{t['row']['label']}: " + ", ".join(f"{HEAD[c]} {_span(e[c])}" for c in COLUMNS if e[c]))
+        epochs.append(f"{t['row']['label']}: "
+                      + ", ".join(f"{HEAD[c]} {_span(e[c])}" for c in COLUMNS if e[c]))
     body += ["", "Epochs per column: " + "; ".join(epochs) + "."]
     tests = [f"{t['row']['label']}: " + "; ".join(t["cells"][c]["test"] for c in ("scratch-e", "scratch-b")
                                                   if c in t["row"]["budgets"]) for t in table]
@@ -349,8 +360,8 @@ def _plot_accuracy(m: dict, table: list[dict], path: Path) -> Path:
         ax.set_ylim(lo, min(100.0, max(vals) + 0.25 * (max(vals) - lo + 1)))
     seeds = sorted({len(t["row"]["seeds"]) for t in table})
     data = ", ".join(sorted({DATASETS.get(t["row"]["dataset"], t["row"]["dataset"]) for t in table}))
-    ax.set_title(f"{m['spec']['paper']} ({m['spec']['name']}), {m['scale']} scale, {data}: final test top-1,\n"
-                 f"mean ± std over {_join(seeds)} seeds (dots: single seeds)", fontsize=9)
+    ax.set_title(f"{m['spec']['paper']} ({m['spec']['name']}), {m['scale']} scale, {data}: final test "
+                 f"top-1,\nmean ± std over {_join(seeds)} seeds (dots: single seeds)", fontsize=9)
     ax.legend(fontsize=7, ncol=4, loc="upper left", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -383,7 +394,7 @@ def _labelled(pattern, scale: str):
     return replace(pattern, dataset=f"{pattern.dataset} ({scale} scale)")
 
 
-# ---- widths (Table 8) and kernels (Figure 4) ---------------------------------------------------------------------
+# ---- widths (Table 8) and kernels (Figure 4) ---------------------------------------------------------------
 def _patterns(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
     from prune_nas.design.mining import load_pattern, plot_kernels, plot_widths
 
@@ -411,7 +422,8 @@ def _patterns(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
         files += [csv_path, png]
         size = pattern.size or {}
         if size.get("params"):
-            body += [(f"The pruned models keep {100 * size['params'][0]:.1f}% ± {100 * size['params'][1]:.1f}% of "
+            body += [(f"The pruned models keep {100 * size['params'][0]:.1f}% ± "
+                      f"{100 * size['params'][1]:.1f}% of "
                      f"the unpruned model's params and {100 * size['flops'][0]:.1f}% of its FLOPs."), ""]
         body += [f"![{png.stem}]({png.name})", ""]
     if not body:
@@ -420,9 +432,9 @@ def _patterns(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
 
 
 def _widths_table(pattern, row: dict) -> tuple[str, str]:
-    """Per layer: base width, kept width (mean ± std over runs), kept share; beside the paper's widths (Table 8)
-    when the spec gives them: as channels at full width, and always as the share of the full-width layer, which
-    compares with narrow (smoke) models too."""
+    """Per layer: base width, kept width (mean ± std over runs), kept share; beside the paper's widths (Table
+    8) when the spec gives them: as channels at full width, and always as the share of the full-width layer,
+    which compares with narrow (smoke) models too."""
     from prune_nas.core.genome import base_genome
 
     paper = (row.get("reported") or {}).get("widths")
@@ -436,7 +448,8 @@ def _widths_table(pattern, row: dict) -> tuple[str, str]:
              "|" + "|".join(["--:", "---"] + ["--:"] * (len(heads) - 2)) + "|"]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["layer", "group", "stage", "width", "mean", "std", "kept", "widths", "paper_width", "paper_kept"])
+    w.writerow(["layer", "group", "stage", "width", "mean", "std", "kept", "widths", "paper_width",
+                "paper_kept"])
     for i, x in enumerate(layers, start=1):
         kept = x["mean"] / x["base"]
         pk = paper[i - 1] / full[x["group"]] if show_paper else None
@@ -444,7 +457,8 @@ def _widths_table(pattern, row: dict) -> tuple[str, str]:
                  f"{100 * kept:.0f}%"] + ([f"{paper[i - 1]:g}"] if at_full else []) \
             + ([f"{100 * pk:.0f}%"] if show_paper else [])
         lines.append("| " + " | ".join(cells) + " |")
-        w.writerow([i, x["group"], x["stage"], x["base"], f"{x['mean']:.4f}", f"{x['std']:.4f}", f"{kept:.4f}",
+        w.writerow([i, x["group"], x["stage"], x["base"], f"{x['mean']:.4f}", f"{x['std']:.4f}",
+                    f"{kept:.4f}",
                     ";".join(map(str, x["widths"])), paper[i - 1] if show_paper else "",
                     f"{pk:.4f}" if pk is not None else ""])
     total_base = sum(x["base"] for x in layers)
@@ -455,8 +469,8 @@ def _widths_table(pattern, row: dict) -> tuple[str, str]:
     stages = ", ".join(f"stage {s['stage']} {100 * s['ratio']:.0f}%" for s in pattern.stages)
     note = f"\n\nMean kept ratio per stage: {stages}. Std is over runs (numpy, ddof = 0)."
     if show_paper:
-        note += (" Paper: VGG-16 at full width (64-512 channels) on CIFAR-10, 5 runs; \"Paper kept\" is its kept "
-                 "share of each layer, comparable across widths.")
+        note += (" Paper: VGG-16 at full width (64-512 channels) on CIFAR-10, 5 runs; \"Paper kept\" is its "
+                 "kept share of each layer, comparable across widths.")
     return "\n".join(lines) + note, buf.getvalue()
 
 
@@ -480,7 +494,7 @@ def _kernels_table(pattern) -> tuple[str, str]:
     return "\n".join(lines), buf.getvalue()
 
 
-# ---- curves (Figures 3, 5) ---------------------------------------------------------------------------------------
+# ---- curves (Figures 3, 5) ---------------------------------------------------------------------------------
 def curve_points(m: dict) -> list[dict]:
     """Per row, series and ratio: params and accuracy over seeds (mean, std)."""
     out = []
@@ -488,7 +502,8 @@ def curve_points(m: dict) -> list[dict]:
         for series in row["series"]:
             for ratio in row["ratios"]:
                 runs = [r for r in m["runs"] if r.get("row") == row["index"] and r["role"] == series
-                        and r.get("ratio") == ratio and r.get("status") == "ok" and r.get("final_top1") is not None]
+                        and r.get("ratio") == ratio and r.get("status") == "ok"
+                        and r.get("final_top1") is not None]
                 if not runs:
                     continue
                 acc = [float(r["final_top1"]) for r in runs]
@@ -526,9 +541,9 @@ def _curves(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
         body.append(f"| {p['label']} | {p['series']} | {p['ratio']:g} | {params} | {acc} | {p['n']} | "
                     f"{_span(p['epochs'])} |")
     body += ["", (f"Every architecture trained from scratch ({', '.join(sorted(budget))}); params count kept "
-                 "weights only for sparse genomes. Uniform: the same params (channels) or the same density in "
-                 "every conv layer (weights). Guided / transferred: the stage pattern mined from the pruned runs "
-                 "(or from the source model's runs), built at the pruned runs' mean params."), "",
+                 "weights only for sparse genomes. Uniform: the same params (channels) or the same density "
+                 "in every conv layer (weights). Guided / transferred: the stage pattern mined from the "
+                 "pruned runs (or from the source model's runs), built at the pruned runs' mean params."), "",
              f"![accuracy vs params]({png.name})"]
     return body, [csv_path, png]
 
@@ -658,7 +673,7 @@ def _plot_accuracy_cost(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-# ---- files -------------------------------------------------------------------------------------------------------
+# ---- files -------------------------------------------------------------------------------------------------
 def _write(path: Path, text: str) -> None:
     from prune_nas.core.genome import atomic_write_text
 
@@ -672,7 +687,8 @@ def summary(m: dict) -> dict:
                            "progress": m.get("progress"), "wall_time_s": m.get("wall_time_s")}
     if kind == "comparison":
         table = comparison_cells(m)
-        out["rows"] = [{"label": t["row"]["label"], "model": t["row"]["model"], "dataset": t["row"]["dataset"],
+        out["rows"] = [{"label": t["row"]["label"], "model": t["row"]["model"],
+                        "dataset": t["row"]["dataset"],
                         **{c: {k: t["cells"][c].get(k) for k in ("n", "mean", "std", "p")} for c in COLUMNS}}
                        for t in table]
         out["paper_vs_ours"] = [{"label": r["row"]["label"], "columns": r["columns"], "verdict": r["verdict"]}

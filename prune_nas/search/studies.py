@@ -333,7 +333,8 @@ def _resolve_refs(ref: str, rel: Path | None) -> list[tuple[Genome, str]]:
             if path.endswith(".json"):
                 found.setdefault(str(Path(path).resolve()), Path(path))
     if "/" not in ref:  # a name glob: the library and the folders discover / guide / transfer write to
-        for folder in [LIBRARY_DIR] + [output_dir("genomes", d) for d in ("discovered", "guided", "transferred")]:
+        for folder in [LIBRARY_DIR] + [output_dir("genomes", d)
+                                       for d in ("discovered", "guided", "transferred")]:
             for path in sorted(folder.glob(f"{ref}.json")):
                 found.setdefault(str(path.resolve()), path)
     return [(load_genome(p), p.stem) for p in found.values()]

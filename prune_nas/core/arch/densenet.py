@@ -3,8 +3,8 @@ compression 0.5), as in Network Slimming.
 
 Each layer reads the concatenation of all earlier outputs through BN-ReLU. Network Slimming prunes that BN, so
 each layer has a *selection* width (``dense{d}.layer{i}.select``: how many channels of the concatenation it
-reads) besides its own conv widths (``.conv1`` [, ``.conv2``]: the last one is the layer's growth). Transitions
-select (``trans{t}.select``) and have an output width (``trans{t}.conv``); the head selects too.
+reads) besides its own conv widths (``.conv1`` [, ``.conv2``]: the last one is the layer's growth).
+Transitions select (``trans{t}.select``) and have an output width (``trans{t}.conv``); the head selects too.
 A selection can never exceed the channels that exist at that point; validation checks it.
 """
 
@@ -104,7 +104,8 @@ class DenseNet(Family):
             for i in range(_n_layers(spec)):
                 p = f"dense{d}.layer{i}"
                 convs = [widths[f"{p}.{c}"] for c in self._conv_names(spec)]
-                block.add_module(f"layer{i}", _DenseLayer(limits[f"{p}.select"], widths[f"{p}.select"], convs))
+                block.add_module(f"layer{i}",
+                                 _DenseLayer(limits[f"{p}.select"], widths[f"{p}.select"], convs))
             model.add_module(f"dense{d}", block)
             if d < 3:
                 p = f"trans{d}"

@@ -1,11 +1,11 @@
 """CIFAR pre-activation ResNets with bottleneck blocks (PreResNet-110, PreResNet-164), as in Network Slimming.
 
 A block reads the residual stream through BN-ReLU; Network Slimming prunes that BN, which sits on a tensor
-shared with the shortcut, so what is pruned is a *channel selection* of the input (``stage{s}.block{b}.select``),
-never the producer. The block's inner convs (``.conv1``, ``.conv2``) are ordinary width groups; the residual
-stream of each stage (``stage{s}``) is one group. The final BN before the classifier is a selection too
-(``head.select``). The selection happens before the BN (equivalent, since BN is per channel) so a pruned
-model stores BN parameters for the kept channels only.
+shared with the shortcut, so what is pruned is a *channel selection* of the input
+(``stage{s}.block{b}.select``), never the producer. The block's inner convs (``.conv1``, ``.conv2``) are
+ordinary width groups; the residual stream of each stage (``stage{s}``) is one group. The final BN before the
+classifier is a selection too (``head.select``). The selection happens before the BN (equivalent, since BN is
+per channel) so a pruned model stores BN parameters for the kept channels only.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class PreResNet(Family):
                 p = f"stage{s}.block{b}"
                 base_in = (16 if s == 1 else stream // 2) if b == 0 else stream
                 out += [Slot(f"{p}.select", base_in, "select", s, reads=(src,)),
-                        Slot(f"{p}.conv1", PLANES[s - 1], "conv", s), Slot(f"{p}.conv2", PLANES[s - 1], "conv", s)]
+                        Slot(f"{p}.conv1", PLANES[s - 1], "conv", s),
+                        Slot(f"{p}.conv2", PLANES[s - 1], "conv", s)]
                 src = f"stage{s}"
             src = f"stage{s}"
         out.append(Slot("head.select", PLANES[-1] * EXPANSION, "select", len(blocks), reads=(src,)))

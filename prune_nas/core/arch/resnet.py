@@ -118,7 +118,8 @@ class ResNet(Family):
                             Op(f"{p}.bn1", "bn", w1, w1, out_slot=c1),
                             Op(c2, "conv", w1, w2, 3, hw, stage=s, in_slots=(c1,), out_slot=c2),
                             Op(f"{p}.bn2", "bn", w2, w2, out_slot=c2),
-                            Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,), out_slot=st_slot),
+                            Op(f"{p}.conv3", "conv", w2, cout, 1, hw, stage=s, in_slots=(c2,),
+                               out_slot=st_slot),
                             Op(f"{p}.bn3", "bn", cout, cout, out_slot=st_slot)]
                 projection = cfg["shortcut"] == "projection" and not self._identity_entry(spec, s)
                 if b == 0 and not entry and projection:
@@ -253,9 +254,11 @@ def specs() -> list[ModelSpec]:
     for depth in (20, 32, 56, 110):
         n = (depth - 2) // 6
         out.append(ModelSpec(f"resnet{depth}", "resnet", 10, 32, default_blocks=(n, n, n),
-                             config={"block": "basic", "planes": (16, 32, 64), "expansion": 1, "stem": "cifar",
+                             config={"block": "basic", "planes": (16, 32, 64), "expansion": 1,
+                                     "stem": "cifar",
                                      "shortcut": "pad"},
-                             summary=f"CIFAR ResNet-{depth}: basic blocks, 3 stages 16/32/64, zero-pad shortcuts"))
+                             summary=f"CIFAR ResNet-{depth}: basic blocks, 3 stages 16/32/64, zero-pad "
+                                     "shortcuts"))
     out.append(ModelSpec("resnet34", "resnet", 1000, 224, default_blocks=(3, 4, 6, 3),
                          config={"block": "basic", "planes": (64, 128, 256, 512), "expansion": 1,
                                  "stem": "imagenet", "shortcut": "projection"},
@@ -263,5 +266,6 @@ def specs() -> list[ModelSpec]:
     out.append(ModelSpec("resnet50", "resnet", 1000, 224, default_blocks=(3, 4, 6, 3),
                          config={"block": "bottleneck", "planes": (64, 128, 256, 512), "expansion": 4,
                                  "stem": "imagenet", "shortcut": "projection"},
-                         summary="ImageNet ResNet-50: bottleneck blocks [3, 4, 6, 3] (stride on the 3x3 conv)"))
+                         summary="ImageNet ResNet-50: bottleneck blocks [3, 4, 6, 3] "
+                                 "(stride on the 3x3 conv)"))
     return out

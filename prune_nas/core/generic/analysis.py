@@ -83,7 +83,8 @@ class Analysis:
     def from_dict(cls, d: dict) -> Analysis:
         groups = tuple(GroupInfo(g["name"], g["width"], g["kind"], g["stage"], tuple(g["writers"]),
                                  tuple(g["norms"]), tuple(tuple(c) for c in g["cuts"])) for g in d["groups"])
-        params = tuple(ParamInfo(p["name"], tuple(p["shape"]), p["positions"], p["layer"]) for p in d["params"])
+        params = tuple(ParamInfo(p["name"], tuple(p["shape"]), p["positions"], p["layer"])
+                       for p in d["params"])
         return cls(d["model"], groups, params, tuple(d["fixed"]), tuple(d["notes"]), d["base_flops"],
                    d["flops_exact"], d.get("seconds", 0.0))
 
@@ -97,7 +98,8 @@ def cache_key(model: str, kwargs: Mapping[str, Any], num_classes: int, in_channe
     versions = {"torch": _version("torch"), "analysis": ANALYSIS_VERSION}
     for lib in ("torchvision", "timm", "torch_pruning"):
         versions[lib] = _version(lib)
-    text = json.dumps({"model": model, "kwargs": dict(kwargs), "classes": num_classes, "channels": in_channels,
+    text = json.dumps({"model": model, "kwargs": dict(kwargs), "classes": num_classes,
+                       "channels": in_channels,
                        "size": input_size, "fixed": list(fixed), "versions": versions}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -172,7 +174,8 @@ def dependency_graph(net, example):
             warnings.simplefilter("ignore")  # unwrapped parameters (ConvNeXt's layer_scale) are handled right
             return tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
     except Exception as e:  # noqa: BLE001 - any tracing failure of any model is the user's one line
-        raise GenomeError("model", f"Torch-Pruning cannot trace this model: {type(e).__name__}: {e}") from None
+        raise GenomeError("model",
+                          f"Torch-Pruning cannot trace this model: {type(e).__name__}: {e}") from None
 
 
 def _analyse(model: str, kwargs, num_classes: int, in_channels: int, input_size: int,
@@ -206,7 +209,8 @@ def _analyse(model: str, kwargs, num_classes: int, in_channels: int, input_size:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             out = net(example)
     except Exception as e:  # noqa: BLE001
-        raise GenomeError("input", f"{model} does not run on a {in_channels}x{input_size}x{input_size} input: "
+        raise GenomeError("input",
+                          f"{model} does not run on a {in_channels}x{input_size}x{input_size} input: "
                                    f"{type(e).__name__}: {e}") from None
     finally:
         for h in handles:
@@ -249,7 +253,8 @@ def _is_depthwise(m) -> bool:
     return m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
-def _groups(net, dg, fixed_modules: list, positions: dict[str, int]) -> tuple[tuple[GroupInfo, ...], list[str]]:
+def _groups(net, dg, fixed_modules: list, positions: dict[str, int]) \
+        -> tuple[tuple[GroupInfo, ...], list[str]]:
     """Enumerate, check and name the width groups."""
     from torch import nn
 
@@ -283,7 +288,8 @@ def _groups(net, dg, fixed_modules: list, positions: dict[str, int]) -> tuple[tu
             own = dict(target.named_parameters(recurse=False))
             if isinstance(target, layer_types):
                 transposed = getattr(target, "transposed", False)
-                if isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1 and not _is_depthwise(target):
+                if (isinstance(target, nn.modules.conv._ConvNd) and target.groups > 1
+                        and not _is_depthwise(target)):
                     problem = problem or f"{name} is a grouped convolution (groups={target.groups})"
                     continue
                 if out_role:
@@ -316,7 +322,8 @@ def _groups(net, dg, fixed_modules: list, positions: dict[str, int]) -> tuple[tu
                     full = f"{name}.{p}"
                     cuts[(full, d)] = max(mult, cuts.get((full, d), 0.0))
         if problem or not writers:
-            notes.append(f"{module_name.get(root, '?')}: channels fixed ({problem or 'no layer writes them'})")
+            notes.append(f"{module_name.get(root, '?')}: channels fixed "
+                         f"({problem or 'no layer writes them'})")
             continue
         writers.sort(key=order.__getitem__)
         stage_pos = min(positions.get(w, resolutions[-1]) for w in writers)

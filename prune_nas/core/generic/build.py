@@ -41,7 +41,8 @@ def narrow(net: nn.Module, spec: ModelSpec, widths: Mapping[str, int],
     dg = dependency_graph(net, example)
     layer_types = [nn.modules.conv._ConvNd, nn.Linear]
     todo = []
-    for group in dg.get_all_groups(ignored_layers=[named[n] for n in analysis.fixed], root_module_types=layer_types):
+    for group in dg.get_all_groups(ignored_layers=[named[n] for n in analysis.fixed],
+                                   root_module_types=layer_types):
         info = by_writers.get(writers_of(group, dg, module_name, order))
         if info is None:
             continue  # a group the analysis fixed

@@ -80,7 +80,8 @@ def factory(ref: ModelRef) -> Callable[..., nn.Module]:
         names = available("torchvision")
         if ref.name not in names:
             raise GenomeError("model", f"torchvision has no classification model {ref.name!r}"
-                                       + _hint(ref.name, names) + "; `prune-nas genome list --models torchvision`")
+                                       + _hint(ref.name, names)
+                                       + "; `prune-nas genome list --models torchvision`")
         return lambda **kw: torchvision.models.get_model(ref.name, **kw)
     if ref.source == "timm":
         names = available("timm")
@@ -92,7 +93,8 @@ def factory(ref: ModelRef) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(ref.name)
     except Exception as e:  # noqa: BLE001 - user code: any failure is one line
-        raise GenomeError("model", f"cannot import module {ref.name!r} for {ref}: {type(e).__name__}: {e}") from None
+        raise GenomeError("model",
+                          f"cannot import module {ref.name!r} for {ref}: {type(e).__name__}: {e}") from None
     fn = getattr(module, ref.attr, None)
     if not callable(fn):
         raise GenomeError("model", f"module {ref.name!r} has no callable {ref.attr!r}")
