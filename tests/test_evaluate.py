@@ -14,7 +14,12 @@ from scipy import stats
 from prune_nas.cli import main
 from prune_nas.core.cost import count
 from prune_nas.core.genome import base_genome
-from prune_nas.methods.baselines import random_matched, uniform_genome, uniform_matched, uniform_sparsity_genome
+from prune_nas.methods.baselines import (
+    random_matched,
+    uniform_genome,
+    uniform_matched,
+    uniform_sparsity_genome,
+)
 from prune_nas.repro.evaluate import (
     BASELINE_ROW,
     ROWS,
@@ -193,7 +198,8 @@ def test_a_genome_pruned_with_other_settings_is_not_reused(table):
     again = evaluate("slimming", genome_dir=home / "genomes", store=home / "store", out_dir=home / "again",
                      log=lines.append, command="test", **TINY)
     assert not any("reusing the discovered genome" in line for line in lines)
-    assert any(line.startswith("reusing the trained large model") for line in lines)  # pruned again, not trained
+    # pruned again, not trained
+    assert any(line.startswith("reusing the trained large model") for line in lines)
     assert json.loads(side[0].read_text())["key"] != "0" * 16
     assert again.row("Scratch-B").genome_key == comp.row("Scratch-B").genome_key  # the same genomes
     assert [r.values for r in again.rows] == [r.values for r in comp.rows]

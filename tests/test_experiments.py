@@ -171,9 +171,11 @@ def test_faithful_spec_contents():
     assert t8.ratio == 0.6 and round(sum(t8.reported["widths"]), 1) == 1689.2
     assert round(1 - sum(t8.reported["widths"]) / (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512), 2) == t8.ratio
     originals = {(r.label, r.reported.get("unpruned_original"))
-                 for name in ("table2_thinet", "table3_regression") for r in load_spec(ROOT / "experiments" / f"{name}.yaml").plan("paper").rows}
+                 for name in ("table2_thinet", "table3_regression")
+                 for r in load_spec(ROOT / "experiments" / f"{name}.yaml").plan("paper").rows}
     assert originals == {("VGG-Conv", 71.03), ("VGG-GAP", 71.03), ("VGG-Tiny", 71.03),
-                         ("ResNet50-30%", 75.15), ("ResNet50-50%", 75.15), ("ResNet50-70%", 75.15), ("VGG-16-5x", 71.03)}
+                         ("ResNet50-30%", 75.15), ("ResNet50-50%", 75.15), ("ResNet50-70%", 75.15),
+                         ("VGG-16-5x", 71.03)}
     disputed = [(p.stem, r.label, col) for p in SPECS for r in load_spec(p).plan("paper").rows
                 for col, v in r.reported.items() if isinstance(v, dict) and "note" in v]
     assert len(disputed) == 9, disputed  # of the 11 known; the other 2 are ResNet-50-2x, not reproduced
@@ -181,11 +183,13 @@ def test_faithful_spec_contents():
     assert t4["VGG-11 50%"].params["s"] == 1e-5, "imagenet/network-slimming README: --s 0.00001"
 
 
-# ---- validation ----------------------------------------------------------------------------------------------
-MINIMAL = {"version": 1, "name": "t", "title": "t", "paper": "Table 4", "kind": "comparison", "method": "slimming",
+# ---- validation --------------------------------------------------------------------------------------------
+MINIMAL = {"version": 1, "name": "t", "title": "t", "paper": "Table 4", "kind": "comparison",
+           "method": "slimming",
            "rows": [{"dataset": "cifar10", "model": "vgg19", "ratio": 0.7}],
            "scales": {"paper": {"seeds": 5}, "small": {"seeds": 3, "epochs": 40},
-                      "smoke": {"dataset": "digits", "width": 0.125, "input_size": 16, "epochs": 1, "seeds": 2}}}
+                      "smoke": {"dataset": "digits", "width": 0.125, "input_size": 16, "epochs": 1,
+                                "seeds": 2}}}
 
 
 def _with(change) -> dict:
@@ -272,11 +276,11 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-# ---- the runner ------------------------------------------------------------------------------------------------
+# ---- the runner --------------------------------------------------------------------------------------------
 TINY = {"version": 1, "name": "tiny", "title": "tiny", "paper": "Table 4", "kind": "comparison",
         "method": "slimming", "rows": [{"model": "vgg11", "ratio": 0.5}],
-        "scales": {s: {"dataset": "synthetic", "width": 0.125, "input_size": 16, "epochs": 1, "finetune_epochs": 1,
-                       "seeds": 2} for s in SCALES}}
+        "scales": {s: {"dataset": "synthetic", "width": 0.125, "input_size": 16, "epochs": 1,
+                       "finetune_epochs": 1, "seeds": 2} for s in SCALES}}
 
 
 def test_interrupted_run_resumes_and_reuses_finished_runs(tmp_path, monkeypatch):
@@ -366,9 +370,11 @@ def test_winning_ticket_rows_train_from_the_large_models_init_at_the_rows_lr(tmp
                                      progress=False, log=lambda s: None))
     assert m["status"] == "complete"
     prune = [r for r in m["runs"] if r["role"] == "prune"]
-    assert prune[0]["genome"].endswith("-lr0.01") and prune[1]["reused"] and prune[0]["genome"] == prune[1]["genome"]
+    assert (prune[0]["genome"].endswith("-lr0.01") and prune[1]["reused"]
+            and prune[0]["genome"] == prune[1]["genome"])
     scratch = [r for r in m["runs"] if r["role"] == "scratch-e"]
-    assert [r["init"] for r in scratch] == ["winning_ticket", "scratch"] and scratch[0]["key"] != scratch[1]["key"]
+    assert ([r["init"] for r in scratch] == ["winning_ticket", "scratch"]
+            and scratch[0]["key"] != scratch[1]["key"])
     rec = json.loads((tmp_path / "store" / "runs" / f"{scratch[0]['key']}.json").read_text())
     assert rec["spec"]["init"]["kind"] == "winning_ticket" and rec["protocol"]["lr"] == 0.01
     assert (tmp_path / "tiny" / "smoke" / "genomes" / f"{prune[0]['genome']}.ticket.pt").exists()
@@ -386,7 +392,8 @@ def test_comparison_baselines_are_counted_and_matched_to_the_seeds_pruned_genome
     plan = load_spec(ROOT / "experiments" / "table4_slimming.yaml").plan("smoke")
     row = replace(plan.rows[0], baselines=BASELINES)
     assert runs_of("comparison", row) == runs_of("comparison", plan.rows[0]) + len(BASELINES) * len(row.seeds)
-    assert runs_of("comparison", replace(row, prune_once=True)) == runs_of("comparison", row) - len(row.seeds) + 1
+    assert (runs_of("comparison", replace(row, prune_once=True))
+            == runs_of("comparison", row) - len(row.seeds) + 1)
     base = row.base_genome()
     pruned = uniform_genome(base, 0.4).replace(widths={**uniform_genome(base, 0.4).widths, "conv1": 2})
     for kind in BASELINES:

@@ -30,7 +30,9 @@ VALID = {"name": "tiny", "model": "vgg11", "width": 0.125, "input_size": 16, "da
 def test_the_schema_is_valid_and_every_bundled_space_meets_it():
     jsonschema.Draft202012Validator.check_schema(schema())
     for path in list_spaces():
-        assert not list(jsonschema.Draft202012Validator(schema()).iter_errors(yaml.safe_load(path.read_text()))), path
+        assert not list(
+            jsonschema.Draft202012Validator(schema()).iter_errors(yaml.safe_load(path.read_text()))
+        ), path
 
 
 def test_objectives_and_constraints_spell_the_same_objective_and_round_trip():
@@ -46,7 +48,8 @@ def test_objectives_and_constraints_spell_the_same_objective_and_round_trip():
         ("accuracy", "latency")
     with pytest.raises(UserError, match="not both"):
         Space.from_dict({**VALID, "objectives": ["accuracy"]})
-    assert Space.from_dict({**VALID, "budget": "epochs"}).budget == {"kind": "epochs", "epochs": None, "cap": None}
+    assert Space.from_dict({**VALID, "budget": "epochs"}).budget == {"kind": "epochs", "epochs": None,
+                                                                     "cap": None}
 
 
 @pytest.mark.parametrize("text, field, words", [
@@ -95,8 +98,8 @@ PATHS = _paths(VALID)
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=8)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from(["accuracy", "flops", "params", "latency", "epochs", "tpe", "nsga2", "all", "conv*", 0.0,
-                       1.0, 1, 0, -1, 1e-9, 100, 101]),
+    | st.sampled_from(["accuracy", "flops", "params", "latency", "epochs", "tpe", "nsga2", "all", "conv*",
+                       0.0, 1.0, 1, 0, -1, 1e-9, 100, 101]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6)
 

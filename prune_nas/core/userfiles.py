@@ -170,7 +170,9 @@ def _check_numbers(obj: Any, where: str) -> None:
         if isinstance(item, float) and not math.isfinite(item):
             raise UserError(f"{where}: {field}{item} is not allowed (numbers must be finite)")
         if isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 10 ** MAX_INT_DIGITS:
-            raise UserError(f"{where}: {field}an integer of more than {MAX_INT_DIGITS} digits is out of range")
+            raise UserError(
+                f"{where}: {field}an integer of more than {MAX_INT_DIGITS} digits is out of range"
+            )
         if isinstance(item, dict):
             for key, value in item.items():
                 shown = str(key) if str(key).isprintable() else repr(str(key))  # keep the message one line

@@ -197,7 +197,9 @@ def _finish(method, genome, small, params, notes, state=None, masks=None) -> Pru
 class _Baseline(Method):
     """What the baselines share: the rethinking paper's, predefined, every family, no training."""
 
-    citation = "Liu, Sun, Zhou, Huang & Darrell, Rethinking the Value of Network Pruning, ICLR 2019 (baseline)"
+    citation = (
+        "Liu, Sun, Zhou, Huang & Darrell, Rethinking the Value of Network Pruning, ICLR 2019 (baseline)"
+    )
     target = "predefined"
     families = ("vgg", "resnet", "preresnet", "densenet")
     needs_training = False
@@ -209,7 +211,9 @@ class Uniform(_Baseline):
     summary = "every layer keeps the same fraction of its channels (or, with sparsity, of its weights); " \
               "optionally matched to another genome's params"
     params = (
-        Param("ratio", 0.5, "fraction removed from every group (channels), or from every conv (with sparsity)"),
+        Param(
+            "ratio", 0.5, "fraction removed from every group (channels), or from every conv (with sparsity)"
+        ),
         Param("sparsity", False, "prune weights, not channels: every conv layer gets density 1 - ratio"),
         Param("like", None, "instead of a ratio: match the params of this genome (file or name)"),
     )
@@ -228,9 +232,11 @@ class Uniform(_Baseline):
         if sparsity:
             small = uniform_sparsity_genome(genome, 1.0 - ratio, seed)
             masks = random_masks(small, seed)
-            return _finish(self, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
-                           [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
-                           masks=masks)
+            return _finish(
+                self, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
+                [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
+                masks=masks,
+            )
         if like is not None:
             from prune_nas.core.cost import count
             from prune_nas.core.library import resolve_genome
@@ -247,7 +253,9 @@ class Uniform(_Baseline):
             params = {"ratio": ratio}
         floored = [g for g in genome.groups.names if small.widths[g] == 1 < genome.widths[g]]
         if floored:
-            notes.append(f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}")
+            notes.append(
+                f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}"
+            )
         return _finish(self, genome, small, params, notes)
 
 

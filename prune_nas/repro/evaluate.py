@@ -33,9 +33,9 @@ among the pruned-size rows (all but ``unpruned``) is bold; Welch's two-sided t-t
 (params), with "n/a" when a side has fewer than two finished runs or neither side varies.
 
 With no arguments, :func:`evaluate` runs the embedded default: Network Slimming (ratio 0.5) on the bundled
-digits data at 16x16, a VGG-11 at a quarter of its widths, 10 base epochs (Network Slimming needs about 10 there
-to zero a share of the BN scales, see ``methods/slimming.py``; with 5 no s both keeps the large model and
-sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
+digits data at 16x16, a VGG-11 at a quarter of its widths, 10 base epochs (Network Slimming needs about 10
+there to zero a share of the BN scales, see ``methods/slimming.py``; with 5 no s both keeps the large model
+and sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
 The table is written as Markdown, CSV and JSON under ``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
 ``artifacts/runs/evaluate/<name>/``) with how it was produced: command, versions, hardware, wall time; the
 runner's ``manifest.json`` lies beside it and the pruned genomes in ``runs/evaluate/genomes/``. A method that
@@ -292,7 +292,8 @@ def _human(n: float) -> str:
 # Runner role -> (table row, budget column). The order is the table's.
 ROLES = (("unpruned", "unpruned", "Scratch-E"), ("finetune", "fine-tuned", "fine-tune"),
          ("scratch-e", "Scratch-E", "Scratch-E"), ("scratch-b", "Scratch-B", "Scratch-B"),
-         ("uniform-params", "uniform (params)", "Scratch-B"), ("uniform-flops", "uniform (FLOPs)", "Scratch-B"),
+         ("uniform-params", "uniform (params)", "Scratch-B"),
+         ("uniform-flops", "uniform (FLOPs)", "Scratch-B"),
          ("random-params", "random (params)", "Scratch-B"))
 # The settings are explicit, so every scale of the in-memory spec is the same; the manifest records this one.
 SCALE = "small"
@@ -384,8 +385,8 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
         if entry.get("status") != "ok":
             log(f"{label} seed {s}: FAILED ({entry.get('reason')}; {how})")
         else:
-            log(f"{label} seed {s}: test top-1 {100 * entry['final_top1']:.2f}% ({entry.get('epochs')} epochs, "
-                f"{how})")
+            log(f"{label} seed {s}: test top-1 {100 * entry['final_top1']:.2f}% "
+                f"({entry.get('epochs')} epochs, {how})")
 
     manifest = load_manifest(run_experiment(plan, store=store, device=device, progress=progress,
                                             data_dir=data_dir, download=download, log=log, out_dir=folder,
@@ -399,21 +400,23 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     ratio_shown = pruned.get("ratio")
     at = f", ratio {ratio_shown:g}" if ratio_shown is not None else ""
     base_name = f"{model}-x{width:g}" if width != 1 else model
-    title = (f"{m.name} on {base_name} / {dataset}{at}: {pruned['params'] / pruned['base_params']:.1%} of the "
-             f"params, {pruned['flops'] / pruned['base_flops']:.1%} of the FLOPs, {seeds} seeds")
+    title = (f"{m.name} on {base_name} / {dataset}{at}: "
+             f"{pruned['params'] / pruned['base_params']:.1%} of the params, "
+             f"{pruned['flops'] / pruned['base_flops']:.1%} of the FLOPs, {seeds} seeds")
     path = genomes / f"{pruned['genome']}.json"
     notes = [(f"Pruned genome: {pruned['genome']} ({path}), found once (seed 0); each row trains seeds "
               f"0..{seeds - 1}.")]
     large = pruned.get("large") or {}
     if large.get("test_top1") is not None and not large.get("plain"):
-        notes.append(f"The large model {m.name} pruned reached {100 * large['test_top1']:.2f}% (trained with the "
-                     f"method's regularizer); `unpruned` is the large model trained plainly.")
+        notes.append(f"The large model {m.name} pruned reached {100 * large['test_top1']:.2f}% "
+                     f"(trained with the method's regularizer); "
+                     f"`unpruned` is the large model trained plainly.")
     ratio_b = "FLOPs(large) / FLOPs(genome)"
     ratio_b = f"min({planned.cap:g}, {ratio_b})" if planned.cap else ratio_b
     notes.append(f"Epochs: Scratch-E {protocol.epochs} (the large model's), fine-tune {ft_epochs} at lr "
                  f"{planned.finetune_protocol().lr:g}; Scratch-B = int({protocol.epochs} x {ratio_b}).")
-    meta = {"command": command or "prune_nas.repro.evaluate.evaluate(...)", "method": m.name, "model": base.model,
-            "width": width, "dataset": dataset, "ratio": ratio_shown, "seeds": seeds,
+    meta = {"command": command or "prune_nas.repro.evaluate.evaluate(...)", "method": m.name,
+            "model": base.model, "width": width, "dataset": dataset, "ratio": ratio_shown, "seeds": seeds,
             "epochs": protocol.epochs, "finetune_epochs": ft_epochs, "genome": str(path),
             "genome_key": pruned["genome_key"], "manifest": str(folder / "manifest.json"),
             "store": str(store.root), "device": _device_name(device), "threads": torch.get_num_threads(),
@@ -453,7 +456,8 @@ def _row(label: str, budget: str, entries: list[dict]) -> Row:
     keys = list(dict.fromkeys(e.get("genome_key") or "" for e in entries))
     names = list(dict.fromkeys(e.get("genome") or "" for e in entries))
     genome = names[0] if len(keys) == 1 else f"{_unseeded(names[0], entries[0]['seed'])} (1 per seed)"
-    row = Row(label, genome, ";".join(keys), _mean_count(entries, "params"), _mean_count(entries, "flops"), budget)
+    row = Row(label, genome, ";".join(keys), _mean_count(entries, "params"), _mean_count(entries, "flops"),
+              budget)
     for e in entries:
         row.runs += 1
         row.run_keys.append(e["key"])
@@ -481,7 +485,8 @@ def _unseeded(name: str, seed: int) -> str:
 
 
 def _as_option(message: str) -> str:
-    """An in-memory spec's error (``experiment spec: rows[0].params.s: ...``) as one about evaluate's options."""
+    """An in-memory spec's error (``experiment spec: rows[0].params.s: ...``) as one about evaluate's
+    options."""
     import re
 
     text = message.removeprefix("experiment spec: ")

@@ -345,8 +345,8 @@ def schema() -> dict:
 
 @lru_cache(maxsize=1)
 def _validator():
-    """A Draft 2020-12 validator of the space schema whose ``number`` is finite (no NaN, no infinity) and whose
-    ``integer`` is a Python int (not 2.0, not a bool), so the schema's bounds mean what they say."""
+    """A Draft 2020-12 validator of the space schema whose ``number`` is finite (no NaN, no infinity) and
+    whose ``integer`` is a Python int (not 2.0, not a bool), so the schema's bounds mean what they say."""
     import json
     from importlib import resources
 
@@ -368,7 +368,8 @@ _TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a strin
 
 def _schema_error(d: Any, where: str) -> SpaceError | None:
     """The first (shallowest) schema violation of ``d`` as one line naming the field, or None."""
-    errors = sorted(_validator().iter_errors(d), key=lambda e: (len(e.absolute_path), _field(e.absolute_path)))
+    errors = sorted(_validator().iter_errors(d),
+                    key=lambda e: (len(e.absolute_path), _field(e.absolute_path)))
     if not errors:
         return None
     e = errors[0]
