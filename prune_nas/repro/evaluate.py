@@ -34,9 +34,9 @@ among the pruned-size rows (all but ``unpruned``) is bold; Welch's two-sided t-t
 
 With no arguments, :func:`evaluate` runs the embedded default: Network Slimming (ratio 0.5) on the bundled
 digits data at 16x16, a VGG-11 at a quarter of its widths, 10 base epochs (Network Slimming needs about 10
-there to zero a share of the BN scales, see ``methods/slimming.py``; with 5 no s both keeps the large model
-and sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
-The table is written as Markdown, CSV and JSON under ``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
+there to zero a share of the BN scales, see ``methods/slimming.py``; with 5, no s both keeps the large
+model accurate and sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
+The table is written as Markdown, CSV and JSON (and drawn as ``accuracy.png``) under ``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
 ``artifacts/runs/evaluate/<name>/``) with how it was produced: command, versions, hardware, wall time; the
 runner's ``manifest.json`` lies beside it and the pruned genomes in ``runs/evaluate/genomes/``. A method that
 inherits no weights (uniform, random) has no fine-tuned row, so evaluate refuses it, as experiment specs do.
@@ -60,6 +60,7 @@ from pathlib import Path
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import output_dir
+from prune_nas.core.units import human
 
 ROWS = ("unpruned", "fine-tuned", "Scratch-E", "Scratch-B", "uniform (params)", "uniform (FLOPs)",
         "random (params)")
@@ -201,7 +202,7 @@ class Comparison:
             if r.label in best:
                 v = f"**{v}**" if bold == "md" else f"\033[1m{v}\033[0m" if bold == "ansi" else v
             runs = f"{len(r.values)}/{r.runs}" if r.runs else "-"
-            out.append([r.label, r.genome, _human(r.params), _human(r.flops), r.budget, r.epochs_text(), runs,
+            out.append([r.label, r.genome, human(r.params), human(r.flops), r.budget, r.epochs_text(), runs,
                         v] + ([f"{r.latency_ms:.3f}"] if r.latency_ms is not None else []))
         return out
 
@@ -264,14 +265,18 @@ class Comparison:
                 "tests": [t.to_dict() for t in self.tests], "notes": self.notes, "meta": self.meta}
 
     def write(self, folder: str | os.PathLike) -> dict[str, Path]:
-        """``table.md``, ``table.csv`` and ``table.json`` in ``folder``, each written atomically."""
+        """``table.md``, ``table.csv``, ``table.json`` and the figure ``accuracy.png`` in ``folder``, each
+        written atomically."""
         from prune_nas.core.genome import atomic_write_text
+        from prune_nas.repro.comparison_figure import plot_comparison
 
         folder = Path(folder)
-        paths = {"md": folder / "table.md", "csv": folder / "table.csv", "json": folder / "table.json"}
+        paths = {"md": folder / "table.md", "csv": folder / "table.csv", "json": folder / "table.json",
+                 "png": folder / "accuracy.png"}
         atomic_write_text(paths["md"], self.report("md"))
         atomic_write_text(paths["csv"], self.csv())
         atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=1) + "\n")
+        plot_comparison(self, paths["png"])
         return paths
 
 
@@ -279,13 +284,6 @@ def _visible_len(s: str) -> int:
     import re
 
     return len(re.sub(r"\033\[[0-9;]*m", "", s))
-
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 # ---- the pipeline: a one-row experiment -----------------------------------------------------------------
