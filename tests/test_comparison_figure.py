@@ -11,7 +11,8 @@ def test_the_figure_has_one_line_per_finished_row_and_names_the_device(tmp_path,
             for label, values in (("unpruned", [0.97, 0.975]), ("fine-tuned", [0.93, 0.94]),
                                   ("Scratch-B", [0.983, 0.985]), ("random (params)", []))]
     tests = [welch("Scratch-B", rows[2].values, "fine-tuned", rows[1].values)]
-    comp = Comparison("slimming on vgg11", rows, tests, {"device": "cpu:test", "prune_nas": "0", "torch": "x"})
+    meta = {"device": "cpu:test", "prune_nas": "0", "torch": "x"}
+    comp = Comparison("slimming on vgg11", rows, tests, meta)
 
     from prune_nas.design import mining
 
