@@ -35,8 +35,9 @@ among the pruned-size rows (all but ``unpruned``) is bold; Welch's two-sided t-t
 With no arguments, :func:`evaluate` runs the embedded default: Network Slimming (ratio 0.5) on the bundled
 digits data at 16x16, a VGG-11 at a quarter of its widths, 10 base epochs (Network Slimming needs about 10
 there to zero a share of the BN scales, see ``methods/slimming.py``; with 5, no s both keeps the large
-model accurate and sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and 3 seeds.
-The table is written as Markdown, CSV and JSON (and drawn as ``accuracy.png``) under ``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
+model accurate and sparsifies it), fine-tuning 5 (a quarter of 10 is too few to recover a pruned model) and
+3 seeds. The table is written as Markdown, CSV and JSON (and drawn as ``accuracy.png``) under
+``$PRUNE_NAS_HOME/runs/evaluate/<name>/`` (else
 ``artifacts/runs/evaluate/<name>/``) with how it was produced: command, versions, hardware, wall time; the
 runner's ``manifest.json`` lies beside it and the pruned genomes in ``runs/evaluate/genomes/``. A method that
 inherits no weights (uniform, random) has no fine-tuned row, so evaluate refuses it, as experiment specs do.
