@@ -128,6 +128,7 @@ class _Step:
     def __init__(self, model: nn.Module, device: torch.device, callbacks: Sequence[Any]):
         self.model, self.device = model, device
         self.callbacks = list(callbacks)
+        self.forward: Callable = model  # what runs the forward pass: the model, or its DDP wrapper
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
 
@@ -164,7 +165,7 @@ class EagerStep(_Step):
                                      crop_padding=protocol.crop_padding, flip=protocol.flip)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        out = self.model(x)
+        out = self.forward(x)
         loss = F.cross_entropy(out, y)
         for fn in self.hooks["extra_loss"]:
             loss = loss + fn(self.model)
@@ -226,7 +227,7 @@ class FastStep(_Step):
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.options.amp),
                             cache_enabled=False):
-            out = self.model(x)
+            out = self.forward(x)
             loss = F.cross_entropy(out, y)
             for fn in self._hooks("extra_loss"):
                 loss = loss + fn(self.model)

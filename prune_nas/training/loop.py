@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prune_nas.training import distributed
 from prune_nas.training.data import Dataset
 from prune_nas.training.protocol import Protocol
 
@@ -86,6 +87,7 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     step = make_step(model, protocol, device, engine, callbacks)
+    replicas = distributed.attach(step, model, device)  # None unless this process is one of several ranks
     history = TrainHistory()
     steps = step.steps_per_epoch(dataset, protocol.batch_size)
     bar = tqdm(total=protocol.epochs * steps, desc=desc or "train", unit="step", leave=False,
@@ -100,11 +102,14 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
             t0 = time.perf_counter()
             step.reset()  # sums stay on the device; one sync per epoch keeps GPU runs asynchronous
             seen = 0
-            for x, y in step.batches(dataset, protocol, gen):
+            batches = step.batches(dataset, protocol, gen)
+            for x, y in (replicas.shard(batches) if replicas else batches):
                 step(x, y)
                 seen += len(y)
                 bar.update(1)
             loss_sum, correct = step.loss_sum, step.correct
+            if replicas:
+                loss_sum, correct, seen = replicas.totals(loss_sum, correct, seen)
             mean_loss = float(loss_sum) / max(seen, 1)
             entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss,
                                      "train_top1": float(correct) / max(seen, 1)}
@@ -124,6 +129,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                 fn(model, epoch, entry)
     finally:
         bar.close()
+        if replicas:
+            replicas.close()
         step.release()  # a CUDA graph holds a private memory pool: free it before the next candidate
         history.wall_time_s = round(time.perf_counter() - start, 3)
     return history
