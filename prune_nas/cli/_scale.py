@@ -55,3 +55,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not a.startswith("--nproc="):
             out.append(a)
     return out
+
+
+def add_devices(group) -> None:
+    group.add_argument("--devices", metavar="LIST",
+                       help="one worker per device, each pinned to it: GPU indices (0,1,2,3), 'all', or cpu "
+                            "stand-ins (cpu,cpu); overrides --device")
+    group.add_argument("--per-device", type=int, default=1, metavar="K",
+                       help="workers per device with --devices (several share a GPU under MPS when it can be "
+                            "started; default 1)")
+
+
+def devices_of(args) -> list[str] | None:
+    """The worker slots ``--devices`` / ``--per-device`` ask for, or None for one process."""
+    from prune_nas.training.parallel import parse_devices
+
+    if not getattr(args, "devices", None):
+        if getattr(args, "per_device", 1) != 1:
+            raise UserError("--per-device needs --devices")
+        return None
+    if getattr(args, "nproc", 1) > 1:
+        raise UserError("--devices and --nproc do not combine: one spreads runs over devices, the other "
+                        "trains one run on several processes")
+    return parse_devices(args.devices, args.per_device)
+
+
+def report_workers(codes: list[int], devices: list[str], status: str) -> int:
+    """One line on how the device workers ended; exit status 1 when one of them failed."""
+    failed = [f"{d} (exit {c})" for d, c in zip(devices, codes) if c != 0]
+    print(f"{len(devices)} workers on {', '.join(sorted(set(devices)))} (MPS: {status}); "
+          + (f"failed: {', '.join(failed)}" if failed else "all finished"), file=sys.stderr)
+    return 1 if failed else 0

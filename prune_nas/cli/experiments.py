@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from prune_nas.cli._scale import add_devices, devices_of
 from prune_nas.core.errors import UserError
 
 RUN_EPILOG = """\
@@ -50,6 +51,7 @@ def register(sub) -> None:
     r.add_argument("--threads", type=int, help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
+    add_devices(r)
     p.set_defaults(func=cmd_run)
 
     q = sub.add_parser("report", help="render an experiment's results: Markdown table, CSV, PNG figures",
@@ -85,12 +87,19 @@ def cmd_run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device, devices = _device(args.device), devices_of(args)
     status = 0
     for spec in specs:
-        path = ex.run_experiment(spec, args.scale, runs_root=args.runs_dir, store=args.store, device=device,
-                                 progress=not args.no_progress, data_dir=args.data_dir, download=args.download,
-                                 retry_failed=args.retry_failed, engine=args.engine)
+        options = {"runs_root": args.runs_dir, "store": args.store, "progress": not args.no_progress,
+                   "data_dir": args.data_dir, "download": args.download, "retry_failed": args.retry_failed,
+                   "engine": args.engine}
+        if devices:
+            from prune_nas.repro.spread import run_spread
+
+            path, mps = run_spread(spec, args.scale, devices, **options)
+            print(f"{spec.name}: spread over {', '.join(devices)} (MPS: {mps})")
+        else:
+            path = ex.run_experiment(spec, args.scale, device=device, **options)
         m = ex.load_manifest(path)
         prog = m["progress"]
         failed = [r for r in m["runs"] if r.get("status") not in ("ok", None)]
