@@ -38,7 +38,11 @@ def register(sub) -> None:
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec file(s) or bundled spec names, e.g. table4_slimming or experiments/table4_slimming.yaml")
     p.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"), help="default smoke")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan and its bill (images, "
+                                                          "device-hours); train nothing")
+    p.add_argument("--throughput", action="append", metavar="FILE",
+                   help="dry run: a throughput table of benchmarks/train_throughput.py to price the runs with "
+                        "(repeatable; default: the source tree's benchmarks/results-*train_throughput.json)")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
     r = p.add_argument_group("where and how")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -80,6 +84,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for spec in specs:
             _print_plan(spec.plan(args.scale), ex.run_dir(spec, args.scale, args.runs_dir))
+        _print_bill([spec.plan(args.scale) for spec in specs], args)
         return 0
     import torch
 
@@ -114,6 +119,13 @@ def cmd_run(args) -> int:
         else:
             print(f"render it: prune-nas report {path.parent} --out report/{spec.name}")
     return status
+
+
+def _print_bill(plans, args) -> None:
+    from prune_nas.repro.bill import bill, bill_lines, load_throughput, throughput_files
+
+    tables = [load_throughput(f) for f in (args.throughput or throughput_files())]
+    print("\n".join(bill_lines(bill(plans, tables, args.engine))))
 
 
 def _print_plan(plan, folder: Path) -> None:
