@@ -35,6 +35,9 @@ WEIGHT_RTOL = 1e-3
 
 
 def _train(engine: str) -> tuple[list[float], dict]:
+    from prune_nas.training.engine import EngineOptions
+
+    engine = EngineOptions(engine, cpu_fallback=False)  # the fast engine's own step, even on a CPU
     torch.manual_seed(0)
     model = build(base_genome("vgg11", width_mult=0.125, input_size=16))
     data = synthetic(train_size=TRAIN_SIZE, test_size=64, input_size=16)
