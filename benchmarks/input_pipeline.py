@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from prune_nas.training import jpeg
-    from prune_nas.training.data import FolderDataset
+    from prune_nas.training.data import IMAGENET_MEAN, IMAGENET_STD, FolderDataset
     from prune_nas.training.loop import _device_name
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +97,8 @@ def main() -> None:
     loader = ds.train_batches(args.batch, gen, "cpu")
     out["cpu_loader"] = {"workers": args.workers, "img_s": round(time_batches(loader, args.images), 1)}
     if cuda:
-        batches = jpeg.train_batches(ds.train_set.samples, args.batch, gen, device, workers=args.workers)
+        batches = jpeg.train_batches(ds.train_set.samples, args.batch, gen, device, mean=IMAGENET_MEAN,
+                                     std=IMAGENET_STD, workers=args.workers)
         out["gpu_decode"] = {"workers_reading_bytes": args.workers,
                              "img_s": round(time_batches(batches, args.images), 1)}
     else:

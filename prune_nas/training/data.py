@@ -289,7 +289,8 @@ class FolderDataset(Dataset):
 
         if jpeg.gpu_decode(device):  # decode and augment on the GPU; the workers only read bytes
             yield from jpeg.train_batches(self.train_set.samples, batch_size, generator, device,
-                                          input_size=self.input_size, flip=flip, workers=self.workers)
+                                          mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=self.input_size,
+                                          flip=flip, workers=self.workers)
             return
         for x, y in self._loader(self.train_set, batch_size, generator):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -298,8 +299,8 @@ class FolderDataset(Dataset):
         from prune_nas.training import jpeg
 
         if jpeg.gpu_decode(device):
-            yield from jpeg.test_batches(self.test_set.samples, batch_size, device, input_size=self.input_size,
-                                         workers=self.workers)
+            yield from jpeg.test_batches(self.test_set.samples, batch_size, device, mean=IMAGENET_MEAN,
+                                         std=IMAGENET_STD, input_size=self.input_size, workers=self.workers)
             return
         for x, y in self._loader(self.test_set, batch_size, None):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -25,8 +25,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.nn import functional as F
 
-from prune_nas.training.data import IMAGENET_MEAN, IMAGENET_STD
-
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Said once in the module docstring instead of once per batch.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -94,10 +92,10 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x / 255.0 - mean) / std
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x / 255.0 - m) / s
 
 
 def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -107,9 +105,10 @@ def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor
 
 
 def train_batches(samples: Sequence[tuple[str, int]], batch_size: int, generator: torch.Generator,
-                  device: str | torch.device, *, input_size: int = 224, flip: bool = True,
-                  workers: int = 4) -> Iterator[Batch]:
-    """Shuffled, augmented, normalised float batches of an ImageFolder's ``samples`` on ``device``. A last
+                  device: str | torch.device, *, mean: Sequence[float], std: Sequence[float],
+                  input_size: int = 224, flip: bool = True, workers: int = 4) -> Iterator[Batch]:
+    """Shuffled, augmented float batches of an ImageFolder's ``samples`` on ``device``, normalised with
+    ``mean`` / ``std`` (of 0..1 pixel values). A last
     batch of one image is dropped (BatchNorm cannot train on it), as the folder's DataLoader does."""
     device = torch.device(device)
     n = len(samples)
@@ -125,11 +124,12 @@ def train_batches(samples: Sequence[tuple[str, int]], batch_size: int, generator
             top, left, h, w = crop_box(img.shape[1], img.shape[2], generator)
             crop = _resize(img[:, top:top + h, left:left + w], (input_size, input_size))
             out[i] = crop.flip(2) if flips[i] else crop
-        yield _normalize(out), y.to(device, non_blocking=True)
+        yield _normalize(out, mean, std), y.to(device, non_blocking=True)
 
 
 def test_batches(samples: Sequence[tuple[str, int]], batch_size: int, device: str | torch.device, *,
-                 input_size: int = 224, workers: int = 4) -> Iterator[Batch]:
+                 mean: Sequence[float], std: Sequence[float], input_size: int = 224,
+                 workers: int = 4) -> Iterator[Batch]:
     """Resize the shorter side to 256/224 of ``input_size``, centre-crop ``input_size``, normalise."""
     device = torch.device(device)
     resize = round(input_size * 256 / 224)
@@ -143,4 +143,4 @@ def test_batches(samples: Sequence[tuple[str, int]], batch_size: int, device: st
             img = _resize(img, size)
             top, left = (size[0] - input_size) // 2, (size[1] - input_size) // 2
             out[i] = img[:, top:top + input_size, left:left + input_size]
-        yield _normalize(out), y.to(device, non_blocking=True)
+        yield _normalize(out, mean, std), y.to(device, non_blocking=True)
