@@ -131,5 +131,16 @@ def test_killing_one_rank_fails_the_run_cleanly_and_keeps_the_store(tmp_path):
     assert p.returncode == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("prune-nas: error: distributed run failed: rank 1 was killed by SIGKILL"), err
-    assert "Traceback" not in err
+    assert all(line.startswith("prune-nas: error: ") for line in err.strip().splitlines()), err  # no traceback
     assert {q: q.read_bytes() for q in (tmp_path / "store" / "runs").glob("*.json")} == kept
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
+    from prune_nas.training.distributed import peer_lost
+
+    lost = RuntimeError("[gloo/pair.cc:561] Connection closed by peer [127.0.0.1]:23210. This is typically...")
+    assert peer_lost(lost) is None  # not a launched rank: the traceback stays
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert peer_lost(lost) == "rank 0 stopped: another rank went away (Connection closed by peer [127.0.0.1]:23210)"
+    assert peer_lost(RuntimeError("shape mismatch")) is None  # a bug of ours keeps its traceback

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -146,6 +147,20 @@ def launch(argv: list[str], nproc: int) -> None:
         quiet.setLevel(level)
 
 
+def peer_lost(error: BaseException) -> str | None:
+    """What to print when this rank's collective failed because another rank went away; None when ``error``
+    is something else (or this process is not a launched rank), which then keeps its traceback."""
+    if not launched():
+        return None
+    text = str(error)
+    comm = isinstance(error, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL error", "Broken pipe"))
+    if not comm:
+        return None
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]  # drop "[file:line]"
+    return f"rank {os.environ.get('RANK', '?')} stopped: another rank went away ({detail[:120]})"
+
+
 class DistributedFailure(RuntimeError):
     """A rank of a distributed run failed; the message says which and why."""
 
@@ -159,7 +174,7 @@ def failure_reason(error: Any) -> str:
     else:
         how = f"exited with status {failure.exitcode}"
     message = failure.message if isinstance(failure.message, str) else ""
-    if message and not message.startswith("To enable traceback"):
+    if failure.exitcode >= 0 and message and not message.startswith("To enable traceback"):
         how += f": {message.strip().splitlines()[-1]}"
     others = sorted(r for r in error.failures if r != rank)
     tail = (f"; the launcher stopped rank{'s' * (len(others) > 1)} {', '.join(map(str, others))}"
