@@ -43,13 +43,36 @@ def test_train_and_test_batches_on_a_cpu_device(tmp_path):
     assert torch.equal(torch.cat([y for _, y in test]), torch.tensor([s[1] for s in ds.test_set.samples]))
 
 
+def test_ranks_decode_only_their_slice_of_each_global_batch(tmp_path):
+    from prune_nas.training.distributed import Slice
+
+    ds = _folder(tmp_path, [(40, 60), (64, 48), (50, 50), (90, 30), (33, 70), (45, 45), (60, 40)])
+    samples = ds.train_set.samples
+
+    def batches(shard):
+        return list(jpeg.train_batches(samples, 3, torch.Generator().manual_seed(5), "cpu", input_size=32,
+                                       workers=0, shard=shard, **NORM))
+
+    whole = batches(None)  # 3, 3, and a last batch of one image, dropped
+    parts = [batches((r, 2)) for r in range(2)]
+    assert all(isinstance(b, Slice) for p in parts for b in p)
+    assert [[len(b.y) for b in p] for p in parts] == [[1, 1], [2, 2]] and parts[0][0].size == 3
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][i].x, parts[1][i].x]), x)
+        assert torch.equal(torch.cat([parts[0][i].y, parts[1][i].y]), y)
+
+
 def test_crop_box_stays_inside_the_image_and_in_the_area_range():
     g = torch.Generator().manual_seed(0)
+
+    def draw():
+        return torch.rand(jpeg.DRAWS, generator=g, dtype=torch.float64).tolist()
+
     for h, w in [(375, 500), (500, 375), (20, 400), (256, 256)]:
         for _ in range(200):
-            top, left, ch, cw = jpeg.crop_box(h, w, g)
+            top, left, ch, cw = jpeg.crop_box(h, w, draw())
             assert 0 <= top and 0 <= left and top + ch <= h and left + cw <= w and ch > 0 and cw > 0
-    areas = [jpeg.crop_box(375, 500, g) for _ in range(500)]
+    areas = [jpeg.crop_box(375, 500, draw()) for _ in range(500)]
     frac = [ch * cw / (375 * 500) for _, _, ch, cw in areas]
     assert 0.07 < min(frac) and max(frac) <= 1.0 and 0.4 < sum(frac) / len(frac) < 0.65  # uniform in 0.08..1
 

@@ -285,12 +285,14 @@ class FolderDataset(Dataset):
 
     def train_batches(self, batch_size, generator, device="cpu", *, crop_padding=4, flip=True):
         # The transforms do their own crop and flip; crop_padding does not apply to ImageNet.
-        from prune_nas.training import jpeg
+        from prune_nas.training import distributed, jpeg
 
         if jpeg.gpu_decode(device):  # decode and augment on the GPU; the workers only read bytes
+            world = distributed.current()  # a rank reads and decodes only its part of each batch
             yield from jpeg.train_batches(self.train_set.samples, batch_size, generator, device,
                                           mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=self.input_size,
-                                          flip=flip, workers=self.workers)
+                                          flip=flip, workers=self.workers,
+                                          shard=(world.rank, world.world_size) if world else None)
             return
         for x, y in self._loader(self.train_set, batch_size, generator):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -38,7 +38,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -239,6 +239,15 @@ def _weighted_allreduce(state, bucket):  # no annotations: DDP checks them again
     return dist.all_reduce(tensor, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
+class Slice(NamedTuple):
+    """A rank's part of a global batch, from a dataset that reads only that part (the ImageNet folder on a
+    GPU): the loop takes it as it is, weighting the rank by ``len(y) / size``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    size: int
+
+
 class Replicas:
     """The distributed side of one ``train_model`` call: created by :func:`attach`, used by the loop to shard
     batches and total each epoch's sums, closed when training ends."""
@@ -265,7 +274,13 @@ class Replicas:
         """This rank's contiguous slice of every global batch (slices differ by at most one image). A batch
         smaller than the world is skipped by every rank alike, since a rank with nothing cannot step."""
         r, w = self.world.rank, self.world.world_size
-        for x, y in batches:
+        for batch in batches:
+            if isinstance(batch, Slice):  # the dataset read only this rank's part
+                if batch.size >= w:
+                    self.share = len(batch.y) / batch.size
+                    yield batch.x, batch.y
+                continue
+            x, y = batch
             n = len(y)
             if n < w:
                 continue

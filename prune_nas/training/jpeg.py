@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -64,21 +65,29 @@ def _batches_of_bytes(samples, order: list[list[int]], workers: int) -> Iterator
     yield from loader
 
 
-def crop_box(h: int, w: int, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+CROP_TRIES = 10
+# Random numbers per image, drawn for every image of a global batch whatever its size, so that every rank of a
+# distributed run consumes the generator alike while decoding only its own slice: two per try, two for the
+# crop's position, one for the flip.
+DRAWS = 2 * CROP_TRIES + 3
+
+
+def crop_box(h: int, w: int, u: Sequence[float], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
              ) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (top, left, height, width), drawn from ``generator``."""
+    """RandomResizedCrop's box (top, left, height, width) from uniform draws ``u`` (at least ``DRAWS - 1``):
+    up to ten tries of an area fraction in ``scale`` and a log-uniform aspect in ``ratio``, then the largest
+    centre crop within the aspect range."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        u = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
-        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+    for k in range(CROP_TRIES):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * k])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[2 * k + 1])
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            top = min(int(u[2 * CROP_TRIES] * (h - ch + 1)), h - ch)
+            left = min(int(u[2 * CROP_TRIES + 1] * (w - cw + 1)), w - cw)
             return top, left, ch, cw
-    in_ratio = w / h  # fallback: the largest centre crop within the aspect range
+    in_ratio = w / h
     if in_ratio < ratio[0]:
         cw, ch = w, round(w / ratio[0])
     elif in_ratio > ratio[1]:
@@ -106,25 +115,40 @@ def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor
 
 def train_batches(samples: Sequence[tuple[str, int]], batch_size: int, generator: torch.Generator,
                   device: str | torch.device, *, mean: Sequence[float], std: Sequence[float],
-                  input_size: int = 224, flip: bool = True, workers: int = 4) -> Iterator[Batch]:
+                  input_size: int = 224, flip: bool = True, workers: int = 4,
+                  shard: tuple[int, int] | None = None) -> Iterator[Any]:
     """Shuffled, augmented float batches of an ImageFolder's ``samples`` on ``device``, normalised with
-    ``mean`` / ``std`` (of 0..1 pixel values). A last
-    batch of one image is dropped (BatchNorm cannot train on it), as the folder's DataLoader does."""
+    ``mean`` / ``std`` (of 0..1 pixel values). A last batch of one image is dropped (BatchNorm cannot train on
+    it), as the folder's DataLoader does.
+
+    ``shard=(rank, world)``: read and decode only this rank's contiguous slice of each global batch and yield
+    it as a ``distributed.Slice`` (the slice and the global batch's size); the images are those the full batch
+    would hold there, bit for bit."""
+    from prune_nas.training.distributed import Slice
+
     device = torch.device(device)
     n = len(samples)
     perm = torch.randperm(n, generator=generator).tolist()
     order = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
     if order and len(order[-1]) == 1 and n > 1:
         order.pop()
-    for data, y in _batches_of_bytes(samples, order, workers):
-        images = _decode(data, device)
-        out = torch.empty(len(images), 3, input_size, input_size, device=device)
-        flips = (torch.rand(len(images), generator=generator) < 0.5).tolist() if flip else [False] * len(images)
-        for i, img in enumerate(images):
-            top, left, h, w = crop_box(img.shape[1], img.shape[2], generator)
+    draws = [torch.rand(len(b), DRAWS, generator=generator, dtype=torch.float64) for b in order]
+    sizes = [len(b) for b in order]
+    if shard is not None:  # a batch smaller than the world is skipped by every rank (see Replicas.shard)
+        rank, world = shard
+        keep = [i for i, m in enumerate(sizes) if m >= world]
+        order, draws, sizes = [order[i] for i in keep], [draws[i] for i in keep], [sizes[i] for i in keep]
+        bounds = [(rank * m // world, (rank + 1) * m // world) for m in sizes]
+        order = [b[lo:hi] for b, (lo, hi) in zip(order, bounds)]
+        draws = [d[lo:hi] for d, (lo, hi) in zip(draws, bounds)]
+    for (data, y), u, size in zip(_batches_of_bytes(samples, order, workers), draws, sizes):
+        out = torch.empty(len(data), 3, input_size, input_size, device=device)
+        for i, img in enumerate(_decode(data, device)):
+            top, left, h, w = crop_box(img.shape[1], img.shape[2], u[i].tolist())
             crop = _resize(img[:, top:top + h, left:left + w], (input_size, input_size))
-            out[i] = crop.flip(2) if flips[i] else crop
-        yield _normalize(out, mean, std), y.to(device, non_blocking=True)
+            out[i] = crop.flip(2) if flip and u[i, -1] < 0.5 else crop
+        x, y = _normalize(out, mean, std), y.to(device, non_blocking=True)
+        yield (x, y) if shard is None else Slice(x, y, size)
 
 
 def test_batches(samples: Sequence[tuple[str, int]], batch_size: int, device: str | torch.device, *,
