@@ -124,3 +124,14 @@ def test_train_model_runs_the_same_loop_with_either_engine():
     # Synthetic classes are separable: both engines learn them (chance is 0.1).
     assert min(results.values()) > 0.5, results
     assert abs(results["eager"] - results["fast"]) < 0.25, results
+
+
+def test_fast_engine_runs_the_eager_step_on_a_cpu_and_says_so():
+    from prune_nas.training.engine import EagerStep, make_step
+
+    opts = EngineOptions("fast").resolved(CPU)
+    assert opts.kind == "eager" and opts.to_dict()["requested"] == "fast"
+    assert isinstance(make_step(tiny_model(), Protocol(), CPU, "fast"), EagerStep)
+    assert isinstance(make_step(tiny_model(), Protocol(), CPU, EngineOptions("fast", cpu_fallback=False)),
+                      FastStep)
+    assert "requested" not in EngineOptions("eager").resolved(CPU).to_dict()

@@ -49,6 +49,7 @@ def one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a distributed launch re-executes
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -57,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prune-nas: interrupted; finished results are kept and will be reused", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # a rank of a distributed run whose peer died: one line, the launcher says why
+        from prune_nas.training.distributed import peer_lost
+
+        message = peer_lost(e)
+        if message is None:
+            raise
+        print(f"prune-nas: error: {message}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         import os
 

@@ -11,7 +11,9 @@ import sys
 
 from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
+from prune_nas.cli._scale import add_devices, devices_of, report_workers
 from prune_nas.cli.discover import add_method_args, method_args
+from prune_nas.core.errors import UserError
 
 EVALUATE_EXAMPLES = """\
 examples:
@@ -125,6 +127,7 @@ def _study_opts(p) -> None:
                    help="seconds of silence before a trial counts as dead (default 3 x "
                         "--heartbeat)")
     _where(p)
+    add_devices(p.add_argument_group("every device of this machine"))
 
 
 def _setup(args, dataset: str | None) -> str:
@@ -193,6 +196,15 @@ def cmd_search(args) -> int:
 
     space = load_space(args.space)
     device = _setup(args, space.dataset)
+    if devices_of(args):
+        from prune_nas.search.studies import create_study
+
+        if args.trials < 1:
+            raise UserError(f"--trials must be >= 1, got {args.trials}")
+        study = create_study(space, args.storage, trials=args.trials, study_name=args.study,
+                             heartbeat=args.heartbeat, grace=args.grace, log=_log(args))
+        args.study = study.study_name
+        return _workers_on_devices(args, args.trials)
     with _sigterm_interrupts():
         summary = search(space, trials=args.trials, storage=args.storage, study_name=args.study,
                          store=args.store, device=device, progress=not args.no_progress,
@@ -207,6 +219,8 @@ def cmd_worker(args) -> int:
     from prune_nas.search.studies import worker
 
     device = _setup(args, None)
+    if devices_of(args):
+        return _workers_on_devices(args, args.trials)
     with _sigterm_interrupts():
         summary = worker(args.study, storage=args.storage, trials=args.trials, store=args.store,
                          device=device, progress=not args.no_progress, heartbeat=args.heartbeat,
@@ -215,6 +229,26 @@ def cmd_worker(args) -> int:
     print()
     print(results_text(summary))
     return 0
+
+
+def _workers_on_devices(args, trials: int | None) -> int:
+    """One study worker per ``--devices`` slot (Optuna hands out the trials), then the study's table."""
+    from prune_nas.search.studies import load_study, summarize, worker
+    from prune_nas.training.parallel import on_devices
+
+    if getattr(args, "sampler_seed", None) is not None:
+        raise UserError("--sampler-seed seeds one worker; leave it out with --devices (each draws its own)")
+    devices = devices_of(args)
+    with _sigterm_interrupts():
+        codes, status = on_devices(worker, devices, {
+            "study_name": args.study, "storage": args.storage, "trials": trials, "store": args.store,
+            "progress": False, "heartbeat": args.heartbeat, "grace": args.grace, "data_dir": args.data_dir,
+            "download": args.download})
+    failed = report_workers(codes, devices, status)
+    study, _ = load_study(args.study, args.storage)
+    print()
+    print(results_text(summarize(study)))
+    return failed
 
 
 def cmd_results(args) -> int:

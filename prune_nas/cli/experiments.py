@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from prune_nas.cli import _args
+from prune_nas.cli._scale import add_devices, devices_of
 from prune_nas.core.errors import UserError
 
 RUN_EPILOG = """\
@@ -38,7 +39,11 @@ def register(sub) -> None:
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec file(s) or bundled spec names, e.g. table4_slimming or experiments/table4_slimming.yaml")
     p.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"), help="default smoke")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan and its bill (images, "
+                                                          "device-hours); train nothing")
+    p.add_argument("--throughput", action="append", metavar="FILE",
+                   help="dry run: a throughput table of benchmarks/train_throughput.py to price the runs with "
+                        "(repeatable; default: the source tree's benchmarks/results-*train_throughput.json)")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
     r = p.add_argument_group("where and how")
     r.add_argument("--device", type=_args.device, default="auto",
@@ -52,6 +57,7 @@ def register(sub) -> None:
     r.add_argument("--threads", type=_args.positive_int, help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
+    add_devices(r)
     p.set_defaults(func=cmd_run)
 
     q = sub.add_parser("report", help="render an experiment's results: Markdown table, CSV, PNG figures",
@@ -83,6 +89,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for spec in specs:
             _print_plan(spec.plan(args.scale), ex.run_dir(spec, args.scale, args.runs_dir))
+        _print_bill([spec.plan(args.scale) for spec in specs], args)
         return 0
     import torch
 
@@ -90,12 +97,19 @@ def cmd_run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device, devices = _device(args.device), devices_of(args)
     status = 0
     for spec in specs:
-        path = ex.run_experiment(spec, args.scale, runs_root=args.runs_dir, store=args.store, device=device,
-                                 progress=not args.no_progress, data_dir=args.data_dir, download=args.download,
-                                 retry_failed=args.retry_failed, engine=args.engine)
+        options = {"runs_root": args.runs_dir, "store": args.store, "progress": not args.no_progress,
+                   "data_dir": args.data_dir, "download": args.download, "retry_failed": args.retry_failed,
+                   "engine": args.engine}
+        if devices:
+            from prune_nas.repro.spread import run_spread
+
+            path, mps = run_spread(spec, args.scale, devices, **options)
+            print(f"{spec.name}: spread over {', '.join(devices)} (MPS: {mps})")
+        else:
+            path = ex.run_experiment(spec, args.scale, device=device, **options)
         m = ex.load_manifest(path)
         prog = m["progress"]
         failed = [r for r in m["runs"] if r.get("status") not in ("ok", None)]
@@ -110,6 +124,13 @@ def cmd_run(args) -> int:
         else:
             print(f"render it: prune-nas report {path.parent} --out report/{spec.name}")
     return status
+
+
+def _print_bill(plans, args) -> None:
+    from prune_nas.repro.bill import bill, bill_lines, load_throughput, throughput_files
+
+    tables = [load_throughput(f) for f in (args.throughput or throughput_files())]
+    print("\n".join(bill_lines(bill(plans, tables, args.engine))))
 
 
 def _print_plan(plan, folder: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
+from prune_nas.cli._scale import add_nproc, join, launch_if_asked
 from prune_nas.core.errors import UserError
 
 EXAMPLES = """\
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
     r.add_argument("--save-weights", action="store_true", help="also store final weights (weights/<key>.pt)")
+    add_nproc(r)
     p.set_defaults(func=cmd_train)
 
     b = sub.add_parser("budget", help="FLOPs ratio and Scratch-B epochs of a genome against a reference")
@@ -148,7 +150,11 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     if args.finetune and args.budget == "flops":
         raise UserError("--finetune uses the fine-tuning schedule; drop --budget flops")
-    device, protocol, store = _device(args.device), _protocol(args), Store(args.store)
+    protocol = _protocol(args)
+    launched = launch_if_asked(args)
+    if launched is not None:
+        return launched
+    device, store = join(args, _device(args.device)), Store(args.store)
     seeds = range(args.seed, args.seed + args.seeds)
     datasets: dict = {}
     rows, failed = [], 0
@@ -170,7 +176,8 @@ def cmd_train(args) -> int:
                 datasets[shape] = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
                                                input_size=shape[0], in_channels=shape[1])
             rec = run(spec, store, device=device, progress=not args.no_progress, dataset=datasets.get(shape),
-                      desc=f"{genome.name or name} s{seed}", engine=args.engine)
+                      desc=f"{genome.name or name} s{seed}", engine=args.engine,
+                      save_weights=args.save_weights)
             records.append(rec)
             failed += rec["status"] != "ok"
             print(_run_line(name, seed, rec, reused, store.path_for(rec["key"])), flush=True)

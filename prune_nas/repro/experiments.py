@@ -581,6 +581,7 @@ class _Context:
     engine: Any = "eager"
     genomes: Path | None = None  # where pruned genomes are read and written (default <out>/genomes)
     on_step: Callable[[dict], None] | None = None
+    groups: Any = None  # independent groups of runs this process does (see spread.py), None: all of them
     bar: Any = None
     datasets: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -607,8 +608,19 @@ class _Context:
             self.bar.update(1)
             self.bar.set_postfix_str(f"{entry['role']} {entry.get('genome') or ''} s{entry.get('seed')}"[:60])
 
+    def selected(self, *group) -> bool:
+        return self.groups is None or group in self.groups
+
     def save(self, status: str | None = None) -> None:
         from prune_nas.core.genome import atomic_write_text
+
+        if self.groups is not None:  # several processes share the manifest: merge ours into it, locked
+            from prune_nas.core.atomic import file_lock
+
+            with file_lock(self.out / "manifest.json.lock"):
+                merged = _merge_manifest(_previous_manifest(self.out / "manifest.json"), self.manifest)
+                atomic_write_text(self.out / "manifest.json", json.dumps(merged, indent=1, default=_json) + "\n")
+            return
 
         if status is not None:
             self.manifest["status"] = status
@@ -618,6 +630,25 @@ class _Context:
                                                     if not e.get("reused")), 2)
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_text(self.out / "manifest.json", json.dumps(self.manifest, indent=1, default=_json) + "\n")
+
+
+def _merge_manifest(disk: dict, mine: dict) -> dict:
+    """The manifest on disk with this process's runs and patterns added (an entry is replaced by ours when it
+    is the same unit of work); the progress counts follow."""
+    def merge(theirs: list, ours: list, fields: tuple) -> list:
+        out = {tuple(str(e.get(f)) for f in fields): e for e in theirs}
+        out.update({tuple(str(e.get(f)) for f in fields): e for e in ours})
+        return list(out.values())
+
+    if disk.get("spec", {}).get("sha256") != mine["spec"]["sha256"] or disk.get("scale") != mine["scale"]:
+        disk = {}
+    merged = {**mine, "status": "running",
+              "runs": merge(disk.get("runs", []), mine["runs"], ("role", "row", "seed", "ratio", "budget", "key")),
+              "patterns": merge(disk.get("patterns", []), mine["patterns"], ("row", "role", "ratio", "file"))}
+    merged["progress"] = {**mine["progress"], "done": len(merged["runs"]),
+                          "reused": sum(1 for e in merged["runs"] if e.get("reused"))}
+    merged["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return merged
 
 
 def _json(o):
@@ -662,7 +693,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
                    retry_failed: bool = False, engine: Any = "eager",
                    log: Callable[[str], None] | None = None, out_dir: str | os.PathLike | None = None,
                    genome_dir: str | os.PathLike | None = None,
-                   on_step: Callable[[dict], None] | None = None) -> Path:
+                   on_step: Callable[[dict], None] | None = None, groups: Any = None) -> Path:
     """Run every run of ``spec`` at ``scale``; returns the manifest path.
 
     Finished training runs come from the store and finished pruning runs from ``genomes/`` (when their
@@ -684,7 +715,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
         spec = spec if isinstance(spec, Spec) else load_spec(spec)
         plan = spec.plan(scale)
     store = store if store is not None else Store()
-    if not hasattr(store, "root"):
+    if isinstance(store, (str, os.PathLike)):  # a Path has a .root too
         store = Store(store)
     out = Path(out_dir) if out_dir is not None else run_dir(spec, scale, runs_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -703,7 +734,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
         == spec.sha256() else 0.0,
     }
     ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest, engine,
-                   Path(genome_dir) if genome_dir is not None else out / "genomes", on_step)
+                   Path(genome_dir) if genome_dir is not None else out / "genomes", on_step, groups=groups)
     ctx.save()
     bar = tqdm(total=plan.total_runs(), desc=f"{spec.name} [{scale}]", unit="run", dynamic_ncols=True,
                disable=None if progress else True, position=0)
@@ -722,7 +753,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
     finally:
         bar.close()
     manifest.pop("previous_wall_time_s", None)
-    ctx.save("complete")
+    ctx.save("complete" if groups is None else None)
     return out / "manifest.json"
 
 
@@ -849,6 +880,8 @@ def _run_comparison(ctx: _Context, row: Row) -> None:
     plain = regularizer(get_method(row.method), base, dict(row.params)) is None
     once = prune(ctx, row, row.seeds[0]) if row.prune_once else None
     for seed in row.seeds:
+        if not ctx.selected(row.index, seed):
+            continue
         p = once or prune(ctx, row, seed)
         genome = p["_genome"]
         large = p.get("large") or {}
@@ -882,6 +915,8 @@ def matched_baseline(kind: str, base, pruned, seed: int):
 def _run_patterns(ctx: _Context, row: Row) -> None:
     from prune_nas.design.mining import figure_paths, mine_genomes, save_pattern
 
+    if not ctx.selected(row.index):
+        return
     entries = [prune(ctx, row, seed) for seed in row.seeds]
     pattern = mine_genomes([e["_genome"] for e in entries], [str(ctx.out / e["genome_file"]) for e in entries])
     path = ctx.out / "patterns" / f"row{row.index}-{pattern.label()}.pattern.json"
@@ -902,6 +937,8 @@ def _run_curves(ctx: _Context, row: Row) -> None:
     ref_params = count(base).params
     sparse = _is_sparse(row.method)
     for ratio in row.ratios:
+        if not ctx.selected(row.index, ratio):
+            continue
         params = {**row.params, "ratio": ratio}
         pruned = [prune(ctx, row, seed, params=params, ratio=ratio) for seed in row.seeds]
         mean_params = statistics.fmean(e["params"] for e in pruned)

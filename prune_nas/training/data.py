@@ -14,7 +14,8 @@ Names:
 * ``cifar10`` / ``cifar100``: torchvision's files under ``--data-dir`` (default ``$PRUNE_NAS_HOME/data`` or
   ``artifacts/data``), fetched with ``--download``. 50,000 train / 10,000 test.
 * ``imagenet``: an ImageFolder tree ``<data-dir>/train`` and ``<data-dir>/val`` read through a DataLoader
-  (random-resized crop 224 + flip; resize 256 + centre crop 224 for test).
+  (random-resized crop 224 + flip; resize 256 + centre crop 224 for test); on a CUDA device the workers only
+  read the files and the JPEGs are decoded and augmented on the GPU (``prune_nas.training.jpeg``).
 * ``synthetic``: class templates plus noise, generated from a seed; learnable in a few steps, for tests.
 
 In-memory datasets keep uint8 NCHW tensors (one copy per device, made on first use); a batch is cropped,
@@ -264,6 +265,7 @@ class FolderDataset(Dataset):
         self.test_set = datasets.ImageFolder(str(root / "val"), transforms.Compose([
             transforms.Resize(resize), transforms.CenterCrop(input_size), transforms.ToTensor(), norm]))
         self.name, self.num_classes, self.workers = name, len(self.train_set.classes), workers
+        self.input_size = input_size
 
     @property
     def train_size(self) -> int:
@@ -283,10 +285,25 @@ class FolderDataset(Dataset):
 
     def train_batches(self, batch_size, generator, device="cpu", *, crop_padding=4, flip=True):
         # The transforms do their own crop and flip; crop_padding does not apply to ImageNet.
+        from prune_nas.training import distributed, jpeg
+
+        if jpeg.gpu_decode(device):  # decode and augment on the GPU; the workers only read bytes
+            world = distributed.current()  # a rank reads and decodes only its part of each batch
+            yield from jpeg.train_batches(self.train_set.samples, batch_size, generator, device,
+                                          mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=self.input_size,
+                                          flip=flip, workers=self.workers,
+                                          shard=(world.rank, world.world_size) if world else None)
+            return
         for x, y in self._loader(self.train_set, batch_size, generator):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def test_batches(self, batch_size, device="cpu"):
+        from prune_nas.training import jpeg
+
+        if jpeg.gpu_decode(device):
+            yield from jpeg.test_batches(self.test_set.samples, batch_size, device, mean=IMAGENET_MEAN,
+                                         std=IMAGENET_STD, input_size=self.input_size, workers=self.workers)
+            return
         for x, y in self._loader(self.test_set, batch_size, None):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 

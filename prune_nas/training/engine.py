@@ -29,22 +29,32 @@ ENGINES = ("eager", "fast")
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run training. ``amp`` / ``channels_last`` / ``graph`` default to on for CUDA, off for CPU."""
+    """How to run training. ``amp`` / ``channels_last`` / ``graph`` default to on for CUDA, off for CPU.
+
+    Away from CUDA the fast engine runs the eager step (``cpu_fallback``): without bf16, channels_last and the
+    CUDA graph nothing of it is faster on a CPU, and measured on 2 EPYC cores it was 0.3-0.96x the eager step
+    (benchmarks/train_throughput.py). The record then says ``kind: eager, requested: fast``.
+    """
 
     kind: str = "eager"
     amp: bool | None = None
     channels_last: bool | None = None
     graph: bool | None = None
+    cpu_fallback: bool = True
+    requested: str | None = None
 
     def resolved(self, device: torch.device) -> "EngineOptions":
         cuda = device.type == "cuda"
         fast = self.kind == "fast"
         pick = (lambda v: fast and cuda if v is None else bool(v))
-        return EngineOptions(self.kind, pick(self.amp), pick(self.channels_last), pick(self.graph))
+        kind = "eager" if fast and not cuda and self.cpu_fallback else self.kind
+        return EngineOptions(kind, pick(self.amp), pick(self.channels_last), pick(self.graph),
+                             self.cpu_fallback, self.kind if kind != self.kind else None)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "amp_bf16": self.amp, "channels_last": self.channels_last,
-                "cuda_graph": self.graph}
+        d = {"kind": self.kind, "amp_bf16": self.amp, "channels_last": self.channels_last,
+             "cuda_graph": self.graph}
+        return {**d, "requested": self.requested} if self.requested else d
 
 
 class ForeachSGD:
@@ -142,6 +152,7 @@ class _Step:
     def __init__(self, model: nn.Module, device: torch.device, callbacks: Sequence[Any]):
         self.model, self.device = model, device
         self.callbacks = list(callbacks)
+        self.forward: Callable = model  # what runs the forward pass: the model, or its DDP wrapper
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
 
@@ -185,7 +196,7 @@ class EagerStep(_Step):
                                      crop_padding=protocol.crop_padding, flip=protocol.flip)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        out = self.model(x)
+        out = self.forward(x)
         loss = F.cross_entropy(out, y)
         for fn in self.hooks["extra_loss"]:
             loss = loss + fn(self.model)
@@ -208,9 +219,10 @@ def make_step(model: nn.Module, protocol, device: torch.device, engine: "EngineO
         from prune_nas.core.errors import UserError
 
         raise UserError(f"unknown engine {options.kind!r}; use one of {', '.join(ENGINES)}")
+    options = options.resolved(device)
     if options.kind == "eager":
         return EagerStep(model, protocol, device, callbacks)
-    return FastStep(model, protocol, device, options.resolved(device), callbacks)
+    return FastStep(model, protocol, device, options, callbacks)
 
 
 class FastStep(_Step):
@@ -247,7 +259,7 @@ class FastStep(_Step):
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.options.amp),
                             cache_enabled=False):
-            out = self.model(x)
+            out = self.forward(x)
             loss = F.cross_entropy(out, y)
             for fn in self._hooks("extra_loss"):
                 loss = loss + fn(self.model)

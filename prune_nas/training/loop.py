@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prune_nas.training import distributed
 from prune_nas.training.data import Dataset
 from prune_nas.training.protocol import Protocol
 
@@ -141,6 +142,7 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     step = make_step(model, protocol, device, engine, callbacks)
+    replicas = distributed.attach(step, model, device)  # None unless this process is one of several ranks
     history = TrainHistory()
     first_epoch, earlier_s = 0, 0.0
     saved = checkpoint.load() if checkpoint is not None else None
@@ -167,11 +169,14 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
             t0 = time.perf_counter()
             step.reset()  # sums stay on the device; one sync per epoch keeps GPU runs asynchronous
             seen = 0
-            for x, y in step.batches(dataset, protocol, gen):
+            batches = step.batches(dataset, protocol, gen)
+            for x, y in (replicas.shard(batches) if replicas else batches):
                 step(x, y)
                 seen += len(y)
                 bar.update(1)
             loss_sum, correct = step.loss_sum, step.correct
+            if replicas:
+                loss_sum, correct, seen = replicas.totals(loss_sum, correct, seen)
             mean_loss = float(loss_sum) / max(seen, 1)
             entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss,
                                      "train_top1": float(correct) / max(seen, 1)}
@@ -191,7 +196,9 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                 fn(model, epoch, entry)
             now = time.perf_counter()
             last_epoch = epoch + 1 == protocol.epochs  # the record follows at once: no checkpoint needed
-            if checkpoint is not None and not last_epoch and now - last_save >= checkpoint.every_s:
+            # Every rank of a distributed run holds the same state; rank 0 alone writes it.
+            if checkpoint is not None and not last_epoch and now - last_save >= checkpoint.every_s \
+                    and distributed.is_writer():
                 checkpoint.save({"model": model.state_dict(), "step": step.state_dict(), "epoch": epoch + 1,
                                  "curve": history.curve, "rng": _rng_state(gen, device),
                                  "callbacks": _callback_states(callbacks),
@@ -199,6 +206,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                 last_save = time.perf_counter()
     finally:
         bar.close()
+        if replicas:
+            replicas.close()
         step.release()  # a CUDA graph holds a private memory pool: free it before the next candidate
         history.wall_time_s = round(earlier_s + time.perf_counter() - start, 3)
     return history

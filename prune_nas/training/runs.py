@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import nn
 
+from prune_nas.training import distributed
 from prune_nas.training.data import Dataset
 from prune_nas.training.loop import Checkpoint, _device_name, train_model
 from prune_nas.training.protocol import Budget, Protocol
@@ -231,7 +232,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
     from prune_nas.training.data import load_dataset
 
     key = spec.key
-    found = store.get(key)
+    found = distributed.broadcast(store.get(key))  # rank 0's store decides, so all ranks agree
     if found is not None and (found.get("status") == "ok" or not retry_failed):
         return found
     g = spec.genome
@@ -258,7 +259,11 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
               "flops": cost.flops, "curve": history.curve, "wall_time_s": history.wall_time_s,
               "device": _device_name(device), "engine": _engine_dict(engine, device),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "prune_nas": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "prune_nas": __version__, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "distributed": distributed.describe()}
+    if not distributed.is_writer():  # only rank 0 writes; the others wait until it has
+        distributed.barrier()
+        return record
     if save_weights and not history.failed:
         path = store.weights_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +271,7 @@ def run(spec: RunSpec, store: "Store", *, device: str | torch.device = "cpu", pr
         record["weights"] = path.name
     store.put(record)
     checkpoint.delete()
+    distributed.barrier()
     return record
 
 
