@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job on the embedded digits data (CPU, about two minutes)
 	$(VENV)/bin/prune-nas discover --method slimming
 
-test: $(VENV)/.installed  ## layer contract, then the fast tests (slow and GPU tests are deselected; see pyproject.toml)
+test: $(VENV)/.installed  ## lint (ruff), layer contract, then the fast tests (slow and GPU tests deselected)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 

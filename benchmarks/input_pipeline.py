@@ -4,12 +4,12 @@ Writes a folder of synthetic JPEGs of ImageNet's sizes (ImageNet's train images 
 110 KB; here sides are drawn from 300..500 px, content smooth noise so the files compress like photographs,
 quality 90) as an ImageFolder with train/ and val/, then times, on one machine:
 
-* ``cpu_loader``: ``FolderDataset``'s DataLoader path (PIL decode, RandomResizedCrop, flip, to tensor, normalise
-  in ``--workers`` processes) -- what a CPU device or a machine without GPU decode uses;
+* ``cpu_loader``: ``FolderDataset``'s DataLoader path (PIL decode, RandomResizedCrop, flip, to tensor,
+  normalise in ``--workers`` processes) -- what a CPU device or a machine without GPU decode uses;
 * ``gpu_decode`` (CUDA only): ``prune_nas.training.jpeg`` -- workers read bytes, nvJPEG decodes the batch,
   crop/flip/normalise on the GPU;
-* ``resnet50_train``: the engine's training images/s for ResNet-50 at 224 px on the same device (fast engine on
-  CUDA, the eager step on a CPU), from benchmarks/train_throughput.py's loop.
+* ``resnet50_train``: the engine's training images/s for ResNet-50 at 224 px on the same device (fast engine
+  on CUDA, the eager step on a CPU), from benchmarks/train_throughput.py's loop.
 
 ``input_bound`` says whether the pipeline the device would use delivers fewer images/s than training consumes.
 Prints JSON.
@@ -59,9 +59,9 @@ def time_batches(batches, images: int) -> float:
     first = next(it)
     _sync(first[0].device)
     start, seen = time.perf_counter(), 0
-    for x, y in it:
-        seen += len(y)
-    _sync(x.device)
+    for batch in it:
+        seen += len(batch[1])
+    _sync(batch[0].device)
     return seen / (time.perf_counter() - start)
 
 
@@ -71,11 +71,13 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="train JPEGs to write (default 512)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
     parser.add_argument("--batch", type=int, default=256, help="batch size (the paper's ImageNet batch)")
-    parser.add_argument("--train-steps", type=int, default=None, help="ResNet-50 steps timed (20 CUDA, 2 CPU)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="ResNet-50 steps timed (20 CUDA, 2 CPU)")
     parser.add_argument("--folder", help="use (or fill) this folder instead of a temporary one")
     args = parser.parse_args()
 

@@ -9,7 +9,8 @@ images/s and the ratios. Keys are the model names, ``name@size`` away from 32 px
 
 * plain: a DataLoader with worker processes doing per-image crop + flip on the CPU, fp32, eager,
   ``torch.optim.SGD`` -- how a training script is usually written.
-* eager: ``prune_nas.training.engine.EagerStep`` on the dataset's own batched augmentation (``--engine eager``).
+* eager: ``prune_nas.training.engine.EagerStep`` on the dataset's own batched augmentation
+  (``--engine eager``).
 * engine: the fast engine as ``train_model`` runs it -- on CUDA: data on the device, epoch-level batched
   augmentation, bf16 autocast, channels_last, the whole step as one CUDA graph; on CPU the fast engine runs
   the eager step (``EngineOptions.resolved``: nothing of it is faster on a CPU), and the row says which ran.
@@ -58,8 +59,8 @@ def genome_for(key: str):
     name, size = split_key(key)
     g = resolve_genome(name)
     classes = 1000 if size >= 64 else 10
-    return g.replace(input_size=size, num_classes=classes) if (g.input_size, g.num_classes) != (size, classes) \
-        else g
+    return (g.replace(input_size=size, num_classes=classes)
+            if (g.input_size, g.num_classes) != (size, classes) else g)
 
 
 def data_for(key: str, n: int):
@@ -171,7 +172,8 @@ def _sync(device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=MODELS, help=f"comma-separated keys (default {MODELS})")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 300 CUDA, 8 CPU)")
     parser.add_argument("--procs", type=int, default=4, help="concurrent engine processes")

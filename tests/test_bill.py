@@ -18,9 +18,9 @@ CIFAR, IMAGENET = 50_000, 1_281_167
 def test_table1_images_by_hand():
     plan = load_spec("table1_l1norm").plan("paper")
     lines = lines_of(plan)
-    # L1-norm trains its large model plainly: it is the unpruned model, and rows A and B of one model share it.
-    # Per seed: large 160 + fine-tune 40 + Scratch-E 160 + Scratch-B 160 epochs (first row of a model), then
-    # 40 + 160 + 160 for the second; 5 seeds. ImageNet rows are single runs, as in the paper: 90 epochs,
+    # L1-norm trains its large model plainly: it is the unpruned model, and rows A and B of one model share
+    # it. Per seed: large 160 + fine-tune 40 + Scratch-E 160 + Scratch-B 160 epochs (first row of a model),
+    # then 40 + 160 + 160 for the second; 5 seeds. ImageNet rows are single runs, as in the paper: 90 epochs,
     # fine-tune 20.
     first, second = 5 * 520 * CIFAR, 5 * 360 * CIFAR
     assert [x.images for x in lines] == [first, first, second, first, second, 1 * 290 * IMAGENET,

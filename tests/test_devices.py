@@ -69,8 +69,8 @@ def test_groups_and_waves_of_a_comparison_spec():
 
 
 def test_run_spread_over_cpu_stand_ins_writes_the_single_process_manifest(tmp_path, capsys):
-    argv = ["run", "table4_slimming", "--scale", "smoke", "--no-progress", "--runs-dir", str(tmp_path / "runs"),
-            "--store", str(tmp_path / "store")]
+    argv = ["run", "table4_slimming", "--scale", "smoke", "--no-progress",
+            "--runs-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store")]
     assert main([*argv, "--devices", "cpu,cpu"]) == 0
     assert "spread over cpu, cpu" in capsys.readouterr().out
     folder = tmp_path / "runs" / "table4_slimming" / "smoke"

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SIZE = 127
 EPOCHS = 4
 # Two ranks add the same numbers in another order (per-rank sums, then all-reduce; BatchNorm statistics from
-# sums of squares): float32 rounding, grown over the steps by SGD at lr 0.1. Measured on CPU: step losses within
-# 1e-5 relative, weights within 2e-5 after one step and 3e-4 after four.
+# sums of squares): float32 rounding, grown over the steps by SGD at lr 0.1. Measured on CPU: step losses
+# within 1e-5 relative, weights within 2e-5 after one step and 3e-4 after four.
 LOSS_RTOL = 1e-4
 WEIGHT_ATOL = 1e-3
 WEIGHT_RTOL = 1e-3
@@ -131,16 +131,19 @@ def test_killing_one_rank_fails_the_run_cleanly_and_keeps_the_store(tmp_path):
     assert p.returncode == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("prune-nas: error: distributed run failed: rank 1 was killed by SIGKILL"), err
-    assert all(line.startswith("prune-nas: error: ") for line in err.strip().splitlines()), err  # no traceback
+    # no traceback
+    assert all(line.startswith("prune-nas: error: ") for line in err.strip().splitlines()), err
     assert {q: q.read_bytes() for q in (tmp_path / "store" / "runs").glob("*.json")} == kept
 
 
 def test_a_rank_that_lost_its_peer_says_so_in_one_line(monkeypatch):
     from prune_nas.training.distributed import peer_lost
 
-    lost = RuntimeError("[gloo/pair.cc:561] Connection closed by peer [127.0.0.1]:23210. This is typically...")
+    lost = RuntimeError("[gloo/pair.cc:561] Connection closed by peer [127.0.0.1]:23210. "
+                        "This is typically...")
     assert peer_lost(lost) is None  # not a launched rank: the traceback stays
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert peer_lost(lost) == "rank 0 stopped: another rank went away (Connection closed by peer [127.0.0.1]:23210)"
+    assert peer_lost(lost) == ("rank 0 stopped: another rank went away "
+                               "(Connection closed by peer [127.0.0.1]:23210)")
     assert peer_lost(RuntimeError("shape mismatch")) is None  # a bug of ours keeps its traceback

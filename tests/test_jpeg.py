@@ -27,8 +27,10 @@ def _folder(root, sizes):
 def test_train_and_test_batches_on_a_cpu_device(tmp_path):
     ds = _folder(tmp_path, [(40, 60), (64, 48), (50, 50), (90, 30), (33, 70)])
     samples = ds.train_set.samples
-    a = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(1), "cpu", input_size=32, workers=0, **NORM))
-    b = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(1), "cpu", input_size=32, workers=0, **NORM))
+    a = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(1), "cpu", input_size=32, workers=0,
+                                **NORM))
+    b = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(1), "cpu", input_size=32, workers=0,
+                                **NORM))
     assert [x.shape for x, _ in a] == [(2, 3, 32, 32), (2, 3, 32, 32)]  # the last batch of one is dropped
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -36,7 +38,8 @@ def test_train_and_test_batches_on_a_cpu_device(tmp_path):
     assert {int(v) for _, y in a for v in y} <= labels
     x = torch.cat([x for x, _ in a])
     assert x.dtype == torch.float32 and -2.2 < float(x.min()) and float(x.max()) < 2.7  # ImageNet-normalised
-    c = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(2), "cpu", input_size=32, workers=0, **NORM))
+    c = list(jpeg.train_batches(samples, 2, torch.Generator().manual_seed(2), "cpu", input_size=32, workers=0,
+                                **NORM))
     assert not torch.equal(torch.cat([x for x, _ in c]), x)
     test = list(jpeg.test_batches(ds.test_set.samples, 4, "cpu", input_size=32, workers=0, **NORM))
     assert [t.shape for t, _ in test] == [(4, 3, 32, 32), (1, 3, 32, 32)]

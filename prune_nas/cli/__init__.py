@@ -1,7 +1,7 @@
 """The ``prune-nas`` command line: argument parsing and printing only.
 
-Each command group lives in its own module with a ``register(subparsers)`` function; ``main`` wires them up and
-turns user errors into one line on stderr and exit status 2 (internal errors keep their traceback).
+Each command group lives in its own module with a ``register(subparsers)`` function; ``main`` wires them up
+and turns user errors into one line on stderr and exit status 2 (internal errors keep their traceback).
 
 May import: every other layer. Nothing imports it.
 """

@@ -1,4 +1,5 @@
-"""``prune-nas run`` (an experiment spec at a scale, resumable) and ``prune-nas report`` (Markdown, CSV, PNG)."""
+"""``prune-nas run`` (an experiment spec at a scale, resumable) and ``prune-nas report`` (Markdown, CSV,
+PNG)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,19 @@ examples:
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run an experiment spec (a table or figure of the paper) at a scale",
-                       description="Expand an experiment spec at a scale into pruning and training runs and run "
-                                   "them with an overall progress bar; finished runs are reused.",
+                       description="Expand an experiment spec at a scale into pruning and training runs "
+                                   "and run them with an overall progress bar; finished runs are reused.",
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="experiment spec file(s) or bundled spec names, e.g. table4_slimming or experiments/table4_slimming.yaml")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="experiment spec file(s) or bundled spec names, e.g. table4_slimming or "
+                        "experiments/table4_slimming.yaml")
     p.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"), help="default smoke")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan and its bill (images, "
-                                                          "device-hours); train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the plan and its bill (images, device-hours); train nothing")
     p.add_argument("--throughput", action="append", metavar="FILE",
-                   help="dry run: a throughput table of benchmarks/train_throughput.py to price the runs with "
-                        "(repeatable; default: the source tree's benchmarks/results-*train_throughput.json)")
+                   help="dry run: a throughput table of benchmarks/train_throughput.py to price the runs "
+                        "with (repeatable; default: the source tree's "
+                        "benchmarks/results-*train_throughput.json)")
     p.add_argument("--report", metavar="DIR", help="render the report into DIR when the run finishes")
     r = p.add_argument_group("where and how")
     r.add_argument("--device", type=_args.device, default="auto",

@@ -2,23 +2,24 @@
 
 Counted per unit of work of the runner (``experiments.runs_of``), each trained once:
 
-* a pruning run trains its large model (``epochs`` x the training set), once per model, data set, width, method
-  and seed -- the runner reuses it from the store; the pruning itself (a forward pass, a few SGD steps of
-  ThiNet / regression) is not counted;
-* the unpruned model: nothing more when the method trains the large model plainly (it *is* the unpruned model),
-  else ``epochs`` x the training set;
+* a pruning run trains its large model (``epochs`` x the training set), once per model, data set, width,
+  method and seed -- the runner reuses it from the store; the pruning itself (a forward pass, a few SGD steps
+  of ThiNet / regression) is not counted;
+* the unpruned model: nothing more when the method trains the large model plainly (it *is* the unpruned
+  model), else ``epochs`` x the training set;
 * fine-tuning ``finetune_epochs``, Scratch-E ``epochs``, a curve's series ``epochs`` x the training set.
 
 Images are counted in *unpruned-model images*: the training FLOPs divided by the unpruned model's FLOPs per
-image. That is exact for the unpruned and large models and for Scratch-B (by definition it spends the FLOPs of
-the unpruned model trained for the base epochs, whatever the pruned model's FLOPs turn out to be), and an upper
-bound for fine-tuning and Scratch-E of a pruned model, whose FLOPs are not known before it is pruned. ImageNet's
-Scratch-B cap (2x the pruned model's FLOPs) can only lower it.
+image. That is exact for the unpruned and large models and for Scratch-B (by definition it spends the FLOPs
+of the unpruned model trained for the base epochs, whatever the pruned model's FLOPs turn out to be), and an
+upper bound for fine-tuning and Scratch-E of a pruned model, whose FLOPs are not known before it is pruned.
+ImageNet's Scratch-B cap (2x the pruned model's FLOPs) can only lower it.
 
 Device-hours = images / the engine's measured training images/s for the model at the row's input size (the
 table ``benchmarks/train_throughput.py`` writes, e.g. ``benchmarks/results-h200-train_throughput.json``),
-one process on one device. A model the table does not have (or a narrow smoke-scale width) is "not measured":
-no number is made up for it. Throughput measured at batch 64 stands for the protocol's batch (256 on ImageNet).
+one process on one device. A model the table does not have (or a narrow smoke-scale width) is "not
+measured": no number is made up for it. Throughput measured at batch 64 stands for the protocol's batch (256
+on ImageNet).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167, "digits": 1_437, "synthetic": 512}
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167, "digits": 1_437,
+               "synthetic": 512}
 ENGINE_COLUMNS = {"eager": "plain_img_s", "fast": "engine_img_s"}
 
 
@@ -167,7 +169,8 @@ def bill_lines(result: dict) -> list[str]:
         out.append(f"  {s['spec']} [{s['scale']}]: {img(s['images'])} images")
         for device, d in s["devices"].items():
             missing = ", ".join(d["not_measured"])
-            if all(x.key + (f" x{x.width:g}" if x.width != 1 else "") in d["not_measured"] for x in s["rows"]):
+            if all(x.key + (f" x{x.width:g}" if x.width != 1 else "") in d["not_measured"]
+                   for x in s["rows"]):
                 out.append(f"    {device}: not measured ({missing})")
             else:
                 tail = f" for the measured rows; not measured: {missing}" if missing else ""

@@ -120,8 +120,9 @@ KINDS = ("comparison", "widths", "efficiency", "kernels", "guided")
 SCALES = ("smoke", "small", "paper")
 BUDGETS = ("finetune", "scratch-e", "scratch-b")
 SERIES = ("pruned", "uniform", "guided", "transferred")
-# Comparison rows may also train, per seed and at Scratch-B, architectures matched to that seed's pruned genome:
-# uniform pruning at its params or FLOPs, and a random architecture at its params (``prune-nas evaluate``).
+# Comparison rows may also train, per seed and at Scratch-B, architectures matched to that seed's pruned
+# genome: uniform pruning at its params or FLOPs, and a random architecture at its params
+# (``prune-nas evaluate``).
 BASELINES = ("uniform-params", "uniform-flops", "random-params")
 
 DEFAULT_SERIES = {"efficiency": ("pruned", "uniform"), "guided": SERIES}
@@ -131,7 +132,7 @@ def default_runs_root() -> Path:
     return output_dir("runs")
 
 
-# ---- specs -----------------------------------------------------------------------------------------------------
+# ---- specs -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Row:
     """One row of a table (or one panel of a figure) at one scale, every setting resolved."""
@@ -166,8 +167,8 @@ class Row:
         return float(r) if r is not None else None
 
     def base_genome(self, model: str | None = None, dataset: str | None = None):
-        """The (possibly narrow) unpruned model the row prunes: ``width`` x the named model, at the row's input
-        size, with the dataset's classes."""
+        """The (possibly narrow) unpruned model the row prunes: ``width`` x the named model, at the row's
+        input size, with the dataset's classes."""
         from prune_nas.core.arch import get_spec
         from prune_nas.core.genome import base_genome
         from prune_nas.training.data import NUM_CLASSES
@@ -565,7 +566,7 @@ def _label(method: str, params: dict) -> str:
     return method
 
 
-# ---- running -----------------------------------------------------------------------------------------------------
+# ---- running -----------------------------------------------------------------------------------------------
 @dataclass
 class _Context:
     plan: Plan
@@ -619,17 +620,19 @@ class _Context:
 
             with file_lock(self.out / "manifest.json.lock"):
                 merged = _merge_manifest(_previous_manifest(self.out / "manifest.json"), self.manifest)
-                atomic_write_text(self.out / "manifest.json", json.dumps(merged, indent=1, default=_json) + "\n")
+                atomic_write_text(self.out / "manifest.json",
+                                  json.dumps(merged, indent=1, default=_json) + "\n")
             return
 
         if status is not None:
             self.manifest["status"] = status
         self.manifest["wall_time_s"] = round(self.manifest.get("previous_wall_time_s", 0.0)
                                              + time.perf_counter() - self.started, 2)
-        self.manifest["compute_time_s"] = round(sum(float(e.get("wall_time_s") or 0) for e in self.manifest["runs"]
-                                                    if not e.get("reused")), 2)
+        self.manifest["compute_time_s"] = round(sum(float(e.get("wall_time_s") or 0)
+                                                    for e in self.manifest["runs"] if not e.get("reused")), 2)
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_text(self.out / "manifest.json", json.dumps(self.manifest, indent=1, default=_json) + "\n")
+        atomic_write_text(self.out / "manifest.json",
+                          json.dumps(self.manifest, indent=1, default=_json) + "\n")
 
 
 def _merge_manifest(disk: dict, mine: dict) -> dict:
@@ -643,7 +646,8 @@ def _merge_manifest(disk: dict, mine: dict) -> dict:
     if disk.get("spec", {}).get("sha256") != mine["spec"]["sha256"] or disk.get("scale") != mine["scale"]:
         disk = {}
     merged = {**mine, "status": "running",
-              "runs": merge(disk.get("runs", []), mine["runs"], ("role", "row", "seed", "ratio", "budget", "key")),
+              "runs": merge(disk.get("runs", []), mine["runs"],
+                            ("role", "row", "seed", "ratio", "budget", "key")),
               "patterns": merge(disk.get("patterns", []), mine["patterns"], ("row", "role", "ratio", "file"))}
     merged["progress"] = {**mine["progress"], "done": len(merged["runs"]),
                           "reused": sum(1 for e in merged["runs"] if e.get("reused"))}
@@ -698,8 +702,8 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
 
     Finished training runs come from the store and finished pruning runs from ``genomes/`` (when their
     settings match), so running again after an interruption resumes where it stopped. ``engine`` is the
-    training engine of the training runs (``prune_nas.training.runs.run``: "eager" or "fast"); it is recorded, not
-    part of the runs' keys.
+    training engine of the training runs (``prune_nas.training.runs.run``: "eager" or "fast"); it is recorded,
+    not part of the runs' keys.
 
     ``spec`` may also be a :class:`Plan` built in code (its own scale; ``prune-nas evaluate`` runs a one-row
     plan this way). ``out_dir`` replaces ``<runs root>/<name>/<scale>``, ``genome_dir`` the pruned genomes'
@@ -733,8 +737,9 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
         "previous_wall_time_s": previous.get("wall_time_s", 0.0) if previous.get("spec", {}).get("sha256")
         == spec.sha256() else 0.0,
     }
-    ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest, engine,
-                   Path(genome_dir) if genome_dir is not None else out / "genomes", on_step, groups=groups)
+    ctx = _Context(plan, out, store, device, progress, data_dir, download, retry_failed, log, manifest,
+                   engine, Path(genome_dir) if genome_dir is not None else out / "genomes", on_step,
+                   groups=groups)
     ctx.save()
     bar = tqdm(total=plan.total_runs(), desc=f"{spec.name} [{scale}]", unit="run", dynamic_ncols=True,
                disable=None if progress else True, position=0)
@@ -764,7 +769,7 @@ def _previous_manifest(path: Path) -> dict:
         return {}
 
 
-# ---- units of work ----------------------------------------------------------------------------------------------
+# ---- units of work -----------------------------------------------------------------------------------------
 def _hash(d: dict) -> str:
     from prune_nas.core.genome import _hash as h
 
@@ -772,8 +777,8 @@ def _hash(d: dict) -> str:
 
 
 def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, params: dict | None = None,
-          model: str | None = None, dataset: str | None = None, role: str = "prune", ratio: float | None = None
-          ) -> dict:
+          model: str | None = None, dataset: str | None = None, role: str = "prune",
+          ratio: float | None = None) -> dict:
     """One pruning run through the methods' discover pipeline (``prune_nas.design.discover.discover``):
     train (or reuse) the large model, prune it, write the genome (+ inherited weights, masks) into
     ``genomes/``. A genome already there from the same settings is reused without pruning again (a
@@ -794,14 +799,15 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
                     input_size=base.input_size, lr=protocol.lr)
     path, side = folder / f"{name}.json", folder / f"{name}.run.json"
-    key = _hash({"base": base.arch_dict(), "dataset": dataset, "protocol": protocol.to_dict(), "method": m.name,
-                 "params": full, "seed": seed})
-    entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio if ratio is not None else full.get("ratio"),
-             "method": m.name, "model": model, "dataset": dataset, "genome": name, "key": key,
-             "genome_file": _relative(path, ctx.out)}
+    key = _hash({"base": base.arch_dict(), "dataset": dataset, "protocol": protocol.to_dict(),
+                 "method": m.name, "params": full, "seed": seed})
+    entry = {"role": role, "row": row.index, "seed": seed,
+             "ratio": ratio if ratio is not None else full.get("ratio"), "method": m.name, "model": model,
+             "dataset": dataset, "genome": name, "key": key, "genome_file": _relative(path, ctx.out)}
     old = _previous_manifest(side)
     if path.exists() and old.get("key") == key:
-        return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True, wall=old.get("wall_time_s", 0.0))
+        return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True,
+                             wall=old.get("wall_time_s", 0.0))
     d = discover(m.name, model=model, dataset=dataset, seed=seed, width=row.width, epochs=row.epochs,
                  input_size=row.input_size, params=given, device=ctx.device, data_dir=ctx.data_dir,
                  protocol=protocol, download=ctx.download, out_dir=folder, store_root=ctx.store.root,
@@ -817,7 +823,8 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
 
 
 def _relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when it lies there, else absolute (``root / result`` finds it either way)."""
+    """``path`` relative to ``root`` when it lies there, else absolute (``root / result`` finds it either
+    way)."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
@@ -828,9 +835,9 @@ def _finish_prune(ctx, entry, genome, base, info, *, reused: bool, wall: float) 
     from prune_nas.core.cost import count
 
     c, b = count(genome), count(base)
-    entry.update({"genome_key": genome.key, "params": c.params, "flops": c.flops, "base_params": b.params, "base_flops": b.flops,
-                  "large": info.get("large"), "notes": info.get("notes", []), "reused": reused,
-                  "wall_time_s": wall, "status": "ok"})
+    entry.update({"genome_key": genome.key, "params": c.params, "flops": c.flops, "base_params": b.params,
+                  "base_flops": b.flops, "large": info.get("large"), "notes": info.get("notes", []),
+                  "reused": reused, "wall_time_s": wall, "status": "ok"})
     entry["_genome"] = genome  # in memory only (dropped before the manifest is written)
     ctx.step({k: v for k, v in entry.items() if k != "_genome"})
     return entry
@@ -862,9 +869,10 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
               retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
     entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget, "init": init,
-             "genome": genome.name or genome.key, "genome_key": genome.key, "key": rec["key"], "store": "runs",
-             "status": rec["status"],
-             "reason": rec.get("reason"), "final_top1": rec.get("final_top1"), "best_top1": rec.get("best_top1"),
+             "genome": genome.name or genome.key, "genome_key": genome.key, "key": rec["key"],
+             "store": "runs", "status": rec["status"],
+             "reason": rec.get("reason"), "final_top1": rec.get("final_top1"),
+             "best_top1": rec.get("best_top1"),
              "final_top5": rec.get("final_top5"), "epochs": rec.get("epochs"), "params": rec.get("params"),
              "flops": rec.get("flops"), "wall_time_s": rec.get("wall_time_s"), "device": rec.get("device"),
              "reused": reused, **(extra or {})}
@@ -886,18 +894,20 @@ def _run_comparison(ctx: _Context, row: Row) -> None:
         genome = p["_genome"]
         large = p.get("large") or {}
         if plain and large.get("test_top1") is not None and p["seed"] == seed:
-            # The large model was trained plainly under the row's protocol and this seed: it is the unpruned model.
+            # The large model was trained plainly under the row's protocol and this seed: it is the unpruned
+            # model.
             ctx.step({"role": "unpruned", "row": row.index, "seed": seed, "genome": base.name or row.model,
-                      "genome_key": base.key, "key": large.get("key"), "store": "large", "status": "ok", "final_top1": large["test_top1"],
-                      "epochs": large.get("epochs"), "params": p["base_params"], "flops": p["base_flops"],
+                      "genome_key": base.key, "key": large.get("key"), "store": "large", "status": "ok",
+                      "final_top1": large["test_top1"], "epochs": large.get("epochs"),
+                      "params": p["base_params"], "flops": p["base_flops"],
                       "wall_time_s": large.get("wall_time_s"), "reused": True})
         else:
             train(ctx, row, base, role="unpruned", seed=seed, budget="scratch-e")
         for budget in row.budgets:
             train(ctx, row, genome, role=budget, seed=seed, budget=budget, reference=base)
         for kind_ in row.baselines:
-            train(ctx, row, matched_baseline(kind_, base, genome, seed), role=kind_, seed=seed, budget="scratch-b",
-                  reference=base)
+            train(ctx, row, matched_baseline(kind_, base, genome, seed), role=kind_, seed=seed,
+                  budget="scratch-b", reference=base)
 
 
 def matched_baseline(kind: str, base, pruned, seed: int):
@@ -909,7 +919,8 @@ def matched_baseline(kind: str, base, pruned, seed: int):
     what, metric = kind.split("-")
     if what == "uniform":  # one architecture for every seed
         return uniform_matched(base, pruned, metric).replace(name=f"{base.name or base.model}-{kind}")
-    return random_matched(base, pruned, seed, metric).replace(name=f"{base.name or base.model}-{kind}-s{seed}")
+    return random_matched(base, pruned, seed, metric).replace(
+        name=f"{base.name or base.model}-{kind}-s{seed}")
 
 
 def _run_patterns(ctx: _Context, row: Row) -> None:
@@ -918,7 +929,8 @@ def _run_patterns(ctx: _Context, row: Row) -> None:
     if not ctx.selected(row.index):
         return
     entries = [prune(ctx, row, seed) for seed in row.seeds]
-    pattern = mine_genomes([e["_genome"] for e in entries], [str(ctx.out / e["genome_file"]) for e in entries])
+    pattern = mine_genomes([e["_genome"] for e in entries],
+                           [str(ctx.out / e["genome_file"]) for e in entries])
     path = ctx.out / "patterns" / f"row{row.index}-{pattern.label()}.pattern.json"
     save_pattern(pattern, path)
     ctx.manifest["patterns"].append({"row": row.index, "role": "pattern", "ratio": row.ratio,
@@ -952,20 +964,22 @@ def _run_curves(ctx: _Context, row: Row) -> None:
                          ratio=ratio) for seed in row.seeds]
             designs["transferred"] = _design(ctx, row, ratio, src, base, size, "transferred")
         for seed, p in zip(row.seeds, pruned):
-            train(ctx, row, p["_genome"], role="pruned", seed=seed, budget=row.budget, reference=base, ratio=ratio)
+            train(ctx, row, p["_genome"], role="pruned", seed=seed, budget=row.budget, reference=base,
+                  ratio=ratio)
         if "uniform" in row.series:
             if sparse:
                 for seed in row.seeds:
                     u = prune(ctx, row, seed, method="uniform", params={"ratio": ratio, "sparsity": True},
                               role="prune-uniform", ratio=ratio)
-                    train(ctx, row, u["_genome"], role="uniform", seed=seed, budget=row.budget, reference=base,
-                          ratio=ratio)
+                    train(ctx, row, u["_genome"], role="uniform", seed=seed, budget=row.budget,
+                          reference=base, ratio=ratio)
             else:
                 u = match_params(base, round(mean_params))
                 u = u.replace(name=f"{base.name or row.model}-uniform-p{u.key[:6]}",
                               provenance={"method": "uniform", "matched_params": round(mean_params)})
                 for seed in row.seeds:
-                    train(ctx, row, u, role="uniform", seed=seed, budget=row.budget, reference=base, ratio=ratio)
+                    train(ctx, row, u, role="uniform", seed=seed, budget=row.budget, reference=base,
+                          ratio=ratio)
         for kind_, g in designs.items():
             for seed in row.seeds:
                 train(ctx, row, g, role=kind_, seed=seed, budget=row.budget, reference=base, ratio=ratio,

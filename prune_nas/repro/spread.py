@@ -80,7 +80,8 @@ def run_spread(spec: Any, scale: str, devices: Sequence[str], *, progress: bool 
             e["reused"] = False
     m["progress"]["reused"] = sum(1 for e in m["runs"] if e.get("reused"))
     m["wall_time_s"] = round(earlier + time.perf_counter() - started, 2)
-    m["compute_time_s"] = round(sum(float(e.get("wall_time_s") or 0) for e in m["runs"] if not e.get("reused")), 2)
+    m["compute_time_s"] = round(sum(float(e.get("wall_time_s") or 0)
+                                    for e in m["runs"] if not e.get("reused")), 2)
     m["hardware"]["devices"] = list(devices)
     atomic_write_text(path, json.dumps(m, indent=1) + "\n")
     Path(f"{path}.lock").unlink(missing_ok=True)

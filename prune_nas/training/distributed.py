@@ -3,12 +3,12 @@
 How a run goes distributed:
 
 * ``prune-nas train ... --nproc N`` re-executes the same command under torch's own launcher
-  (``torch.distributed.launcher.elastic_launch``, the library behind ``torchrun --standalone``): it picks a free
-  rendezvous port, starts N workers with ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set, and when one of them
-  dies it stops the others and reports which rank failed and why (:func:`launch`). It is used in-process rather
-  than as ``python -m torch.distributed.run`` so that the failure comes back as an object (rank, exit code,
-  signal) and is printed as one line, not as torchrun's banner. ``torch.multiprocessing.spawn`` was not used:
-  it has no rendezvous, so the same code could not also join a launch over several machines.
+  (``torch.distributed.launcher.elastic_launch``, the library behind ``torchrun --standalone``): it picks a
+  free rendezvous port, starts N workers with ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set, and when one of
+  them dies it stops the others and reports which rank failed and why (:func:`launch`). It is used in-process
+  rather than as ``python -m torch.distributed.run`` so that the failure comes back as an object (rank, exit
+  code, signal) and is printed as one line, not as torchrun's banner. ``torch.multiprocessing.spawn`` was not
+  used: it has no rendezvous, so the same code could not also join a launch over several machines.
 * Several machines: the user starts ``torchrun --nnodes M --nproc-per-node N ... -m prune_nas train ...`` on
   each; the command sees ``WORLD_SIZE`` in its environment and joins (:func:`join_from_env`).
 
@@ -123,7 +123,7 @@ def quiet_other_ranks() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
-# ---- launching -----------------------------------------------------------------------------------------------
+# ---- launching ---------------------------------------------------------------------------------------------
 def launch(argv: list[str], nproc: int) -> None:
     """Run ``python -m prune_nas <argv>`` as ``nproc`` ranks on this machine and wait for them.
 
@@ -154,7 +154,8 @@ def peer_lost(error: BaseException) -> str | None:
         return None
     text = str(error)
     comm = isinstance(error, getattr(dist, "DistError", ())) or any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL error", "Broken pipe"))
+        s in text
+        for s in ("Connection closed by peer", "Connection reset by peer", "NCCL error", "Broken pipe"))
     if not comm:
         return None
     detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]  # drop "[file:line]"
@@ -182,7 +183,7 @@ def failure_reason(error: Any) -> str:
     return f"distributed run failed: rank {rank} {how}{tail}"
 
 
-# ---- training ------------------------------------------------------------------------------------------------
+# ---- training ----------------------------------------------------------------------------------------------
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks; its gradient is the sum over ranks of the incoming gradients."""
 

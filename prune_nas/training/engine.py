@@ -46,7 +46,10 @@ class EngineOptions:
     def resolved(self, device: torch.device) -> "EngineOptions":
         cuda = device.type == "cuda"
         fast = self.kind == "fast"
-        pick = (lambda v: fast and cuda if v is None else bool(v))
+
+        def pick(v: bool | None) -> bool:
+            return fast and cuda if v is None else bool(v)
+
         kind = "eager" if fast and not cuda and self.cpu_fallback else self.kind
         return EngineOptions(kind, pick(self.amp), pick(self.channels_last), pick(self.graph),
                              self.cpu_fallback, self.kind if kind != self.kind else None)
@@ -238,7 +241,8 @@ class FastStep(_Step):
         self.options = options
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.opt = ForeachSGD(model.parameters(), protocol.lr, protocol.momentum, protocol.weight_decay, device)
+        self.opt = ForeachSGD(model.parameters(), protocol.lr, protocol.momentum, protocol.weight_decay,
+                              device)
         self.graph_safe = all(getattr(cb, "graph_safe", True) for cb in self.callbacks)
         self.use_graph = bool(options.graph) and device.type == "cuda" and self.graph_safe
         self._graph: torch.cuda.CUDAGraph | None = None

@@ -6,8 +6,8 @@ resized crop, flip and normalisation run on the device. Why this and not NVIDIA 
 dependency and its CUDA decoder needs nothing else installed, while DALI is a separate CUDA-version-specific
 package from NVIDIA's index with its own pipeline and iterator; DALI can be faster still (fused crop-decode,
 ROI decoding), which matters only if this path turns out to be input-bound on a GPU, and that could not be
-measured here (no GPU). torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; the call is one
-line to swap when TorchCodec is a dependency.
+measured here (no GPU). torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; the call is
+one line to swap when TorchCodec is a dependency.
 
 The augmentation is the reference's: RandomResizedCrop (scale 0.08-1, aspect 3/4-4/3, ten tries then a centre
 crop) to ``input_size`` and a horizontal flip; test images are resized to 256/224 of the input size on the
@@ -98,7 +98,8 @@ def crop_box(h: int, w: int, u: Sequence[float], scale=(0.08, 1.0), ratio=(3 / 4
 
 
 def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
 
 
 def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

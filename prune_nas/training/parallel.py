@@ -81,7 +81,7 @@ def train_concurrently(specs: Sequence[Any], store, *, procs: int, device: str =
     return map_concurrently(_run_one, jobs, procs=procs, device=device)
 
 
-# ---- every device of a machine ---------------------------------------------------------------------------------
+# ---- every device of a machine -----------------------------------------------------------------------------
 def parse_devices(text: str, per_device: int = 1) -> list[str]:
     """``--devices`` as one entry per worker: ``"0,1"`` -> cuda:0, cuda:1; ``"all"`` -> every CUDA device;
     ``cpu`` entries are stand-ins (one CPU process each, for machines without GPUs and for tests). Each device
@@ -119,7 +119,8 @@ def pin(device: str, sharing: int, processes: int) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-        torch.cuda.set_per_process_memory_fraction(min(1.0, GPU_MEMORY_SHARED / sharing), torch.device(device))
+        torch.cuda.set_per_process_memory_fraction(min(1.0, GPU_MEMORY_SHARED / sharing),
+                                                   torch.device(device))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
 
 
@@ -175,8 +176,9 @@ def map_on_devices(fn: Callable[[Any, str], Any], items: Sequence[Any], devices:
                    mps: bool = True) -> tuple[list[Any], str]:
     """``[fn(item, device) for item in items]`` over a pool of one process per entry of ``devices``, each
     process pinned to its device for its whole life; an item goes to whichever process is free next
-    (``concurrent.futures.ProcessPoolExecutor``: independent items, order of results kept; a process that dies
-    fails the map with ``BrokenProcessPool`` instead of hanging it). Returns the results and the MPS status."""
+    (``concurrent.futures.ProcessPoolExecutor``: independent items, order of results kept; a process that
+    dies fails the map with ``BrokenProcessPool`` instead of hanging it). Returns the results and the MPS
+    status."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
