@@ -251,20 +251,12 @@ class GenericMagnitude(GenericMethod):
 
     def prune(self, genome, model, *, ratio=0.5, **_) -> PruneResult:
         from prune_nas.core.genome import Sparsity
-        from prune_nas.methods.magnitude import conv_layers, densities, global_masks
+        from prune_nas.methods.magnitude import densities, masked_state
 
         ratio = _ratio(ratio)
         if model is None:
             raise ValueError("magnitude pruning needs trained weights")
-        state = state_of(model)
-        weights = {op.name: state[f"{op.name}.weight"].numpy() for op in conv_layers(genome)}
-        masks, notes = global_masks(weights, ratio)
-        new_state = {k: v for k, v in state.items() if not k.endswith("weight_mask")}
-        for n, m in masks.items():
-            new_state[f"{n}.weight"] = new_state[f"{n}.weight"] * torch.as_tensor(m, dtype=torch.float32)
-        total = sum(m.size for m in masks.values())
-        pruned = total - sum(int(m.sum()) for m in masks.values())
-        notes.insert(0, f"pruned {pruned} of {total} conv weights ({pruned / total:.2%})")
+        masks, new_state, notes = masked_state(genome, model, ratio)
         provenance = {**genome.provenance, "method": self.name, "params": {"ratio": ratio}}
         small = genome.replace(name=f"{genome.name or genome.model}-{self.name}",
                                sparsity=Sparsity(density=densities(masks)), provenance=provenance)

@@ -95,6 +95,23 @@ def densities(masks: dict[str, np.ndarray]) -> dict[str, float]:
     return {n: float(m.mean()) for n, m in masks.items()}
 
 
+def masked_state(genome, model, ratio: float) -> tuple[dict[str, np.ndarray], dict, list[str]]:
+    """One global magnitude threshold over every conv weight of ``model`` (the genome's conv layers):
+    the masks, the state dict with the pruned weights zeroed (any old masks dropped), and notes saying how
+    many weights went. Shared by the built-in and the generic-model method."""
+    state = state_of(model)
+    weights = {op.name: state[f"{op.name}.weight"].numpy() for op in conv_layers(genome)}
+    masks, notes = global_masks(weights, ratio)
+    new_state = {k: v for k, v in state.items() if not k.endswith("weight_mask")}
+    for n, m in masks.items():
+        w = new_state[f"{n}.weight"]
+        new_state[f"{n}.weight"] = w * torch.as_tensor(m, dtype=w.dtype)
+    total = sum(m.size for m in masks.values())
+    pruned = total - sum(int(m.sum()) for m in masks.values())
+    notes.insert(0, f"pruned {pruned} of {total} conv weights ({pruned / total:.2%})")
+    return masks, new_state, notes
+
+
 @register
 class Magnitude(Method):
     name = "magnitude"
@@ -119,16 +136,7 @@ class Magnitude(Method):
             raise ValueError("magnitude pruning needs trained weights")
         if genome.sparsity is not None:
             raise ValueError("magnitude pruning starts from a dense genome")
-        state = state_of(model)
-        weights = {op.name: state[f"{op.name}.weight"].numpy() for op in conv_layers(genome)}
-        masks, notes = global_masks(weights, ratio)
-        new_state = {k: v for k, v in state.items() if not k.endswith("weight_mask")}
-        for n, m in masks.items():
-            w = new_state[f"{n}.weight"]
-            new_state[f"{n}.weight"] = w * torch.as_tensor(m, dtype=w.dtype)
-        total = sum(m.size for m in masks.values())
-        pruned = total - sum(int(m.sum()) for m in masks.values())
-        notes.insert(0, f"pruned {pruned} of {total} conv weights ({pruned / total:.2%})")
+        masks, new_state, notes = masked_state(genome, model, ratio)
         sparsity = Sparsity(density=densities(masks), kernel_keep=kernel_keep(genome, masks))
         provenance = {**genome.provenance, "method": self.name, "params": {"ratio": ratio}}
         small = genome.replace(name=f"{genome.name or genome.model}-{self.name}", sparsity=sparsity,
