@@ -33,6 +33,14 @@ def launch_if_asked(args) -> int | None:
     return 0
 
 
+def refuse_nproc(args, command: str) -> None:
+    """``search`` / ``worker``: a study's trial is drawn by one process talking to Optuna; several ranks would
+    each draw their own candidate, so ``--nproc`` is refused there (``--devices`` spreads trials instead)."""
+    if getattr(args, "nproc", 1) > 1:
+        raise UserError(f"--nproc is not supported by `prune-nas {command}`: each rank would draw its own "
+                        "trial from the study; use --devices to run one trial per device instead")
+
+
 def join(args, device: str) -> str:
     """Join the launch this process is a rank of (if any); returns this rank's device. Ranks other than 0
     show no progress and print nothing."""

@@ -11,7 +11,15 @@ import sys
 
 from prune_nas.cli import _args
 from prune_nas.cli._format import human, table
-from prune_nas.cli._scale import add_devices, devices_of, report_workers
+from prune_nas.cli._scale import (
+    add_devices,
+    add_nproc,
+    devices_of,
+    join,
+    launch_if_asked,
+    refuse_nproc,
+    report_workers,
+)
 from prune_nas.cli.discover import add_method_args, method_args
 from prune_nas.core.errors import UserError
 
@@ -115,6 +123,7 @@ def _where(p) -> None:
     r.add_argument("--threads", type=_args.positive_int,
                    help="CPU threads for torch (default 1 on the embedded datasets)")
     r.add_argument("--no-progress", action="store_true")
+    add_nproc(r)  # search / worker refuse it (refuse_nproc)
 
 
 def _study_opts(p) -> None:
@@ -151,14 +160,20 @@ def _log(args):
 
 def cmd_evaluate(args) -> int:
     from prune_nas.repro.evaluate import command_line, evaluate
+    from prune_nas.training import distributed
 
     device = _setup(args, args.dataset)
+    launched = launch_if_asked(args)  # --nproc N: every training run of the row on N processes
+    if launched is not None:
+        return launched
+    device = join(args, device)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if distributed.is_writer() else (lambda s: None)
     # Progress goes to stderr so that stdout is the table alone (`prune-nas evaluate > table.md`).
     comp = evaluate(args.method, model=args.model, dataset=args.dataset, ratio=args.ratio, seeds=args.seeds,
                     width=args.width, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                     input_size=args.input_size, params=method_args(args), device=device, store=args.store,
                     genome_dir=args.genome_dir, data_dir=args.data_dir, download=args.download,
-                    progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
+                    progress=not args.no_progress, log=log,
                     command=command_line(), out_dir=args.out, latency=args.latency)
     if args.json:
         print(json.dumps(comp.to_dict(), indent=1))
@@ -194,6 +209,7 @@ def cmd_search(args) -> int:
     from prune_nas.search.spaces import load_space
     from prune_nas.search.studies import search
 
+    refuse_nproc(args, "search")
     space = load_space(args.space)
     device = _setup(args, space.dataset)
     if devices_of(args):
@@ -218,6 +234,7 @@ def cmd_search(args) -> int:
 def cmd_worker(args) -> int:
     from prune_nas.search.studies import worker
 
+    refuse_nproc(args, "worker")
     device = _setup(args, None)
     if devices_of(args):
         return _workers_on_devices(args, args.trials)

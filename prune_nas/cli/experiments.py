@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from prune_nas.cli import _args
-from prune_nas.cli._scale import add_devices, devices_of
+from prune_nas.cli._scale import add_devices, add_nproc, devices_of, join, launch_if_asked
 from prune_nas.core.errors import UserError
 
 RUN_EPILOG = """\
@@ -62,6 +62,7 @@ def register(sub) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--retry-failed", action="store_true", help="train again runs stored as failed")
     add_devices(r)
+    add_nproc(r)
     p.set_defaults(func=cmd_run)
 
     q = sub.add_parser("report", help="render an experiment's results: Markdown table, CSV, PNG figures",
@@ -98,10 +99,15 @@ def cmd_run(args) -> int:
     import torch
 
     from prune_nas.cli.train import _device
+    from prune_nas.training import distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device, devices = _device(args.device), devices_of(args)
+    launched = launch_if_asked(args)  # --nproc N: every training run of the spec on N processes
+    if launched is not None:
+        return launched
+    device = join(args, device)
     status = 0
     for spec in specs:
         options = {"runs_root": args.runs_dir, "store": args.store, "progress": not args.no_progress,
@@ -120,7 +126,7 @@ def cmd_run(args) -> int:
         status = status or (1 if failed else 0)
         print(f"{spec.name} [{args.scale}]: {prog['done']}/{prog['total']} runs ({prog['reused']} reused), "
               f"{len(failed)} failed, wall time {m['wall_time_s']:.0f} s -> {path}")
-        if args.report:
+        if args.report and distributed.is_writer():
             from prune_nas.repro.report import render
 
             files = render(path.parent, args.report)

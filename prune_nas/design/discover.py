@@ -27,6 +27,7 @@ another ratio, or by another method that needs no special training, reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -179,6 +180,7 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     Returns ``(model on the CPU in eval mode, info dict)``."""
 
     from prune_nas.core.atomic import file_lock
+    from prune_nas.training import distributed
     from prune_nas.training.store import default_root
 
     schedule = {"protocol": protocol, "steps_per_epoch": data.steps_per_epoch(protocol.batch_size)}
@@ -196,8 +198,11 @@ def trained_large_model(method: Method, genome, dataset: str, data, protocol, pa
     extra = {"training": used} if used is not None else {}
     # Two identical commands started together: the second waits for the first's model instead of training
     # its own.
-    with file_lock(folder / f"{key}.lock", lambda: log(f"another process is training this large model "
-                                                       f"({key}); waiting to reuse it")):
+    # (Of the ranks of one --nproc launch, rank 0 alone takes the lock: they train the model together.)
+    lock = file_lock(folder / f"{key}.lock", lambda: log(f"another process is training this large model "
+                                                         f"({key}); waiting to reuse it")) \
+        if distributed.is_writer() else contextlib.nullcontext()
+    with lock:
         return _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol, method, reg, used,
                                   key, key_dict, pt, meta, seed=seed, device=device, progress=progress,
                                   log=log)
@@ -209,10 +214,11 @@ def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol,
 
     from prune_nas.core.genome import atomic_write_text
     from prune_nas.core.version import __version__
+    from prune_nas.training import distributed
     from prune_nas.training.loop import train_model
 
     folder = pt.parent
-    if pt.exists() and meta.exists():
+    if distributed.broadcast(pt.exists() and meta.exists()):  # rank 0's cache decides, so all ranks agree
         record = json.loads(meta.read_text())
         model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
         log(f"reusing the trained large model {pt} (test top-1 {_pct(record.get('test_top1'))}, "
@@ -228,21 +234,22 @@ def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol,
         raise UserError(f"training the large model failed: {history.reason}; try a lower learning rate or "
                         "a smaller regularizer")
     summ = history.summary()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pt.tmp")
-    os.close(fd)
-    try:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, pt)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     record = {"format": LARGE_FORMAT, "version": LARGE_VERSION, "key": key, "spec": key_dict,
               "test_top1": summ["final_top1"], "best_top1": summ["best_top1"], "epochs": protocol.epochs,
               "curve": history.curve, "wall_time_s": history.wall_time_s, "device": str(device),
               "torch": torch.__version__, "prune_nas": __version__,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
+    if distributed.is_writer():  # the ranks of a --nproc launch hold the same weights; rank 0 stores them
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pt.tmp")
+        os.close(fd)
+        try:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+            os.replace(tmp, pt)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
     log(f"trained in {history.wall_time_s:.0f}s: test top-1 {_pct(summ['final_top1'])}; cached as {pt}")
     return model.cpu().eval(), {"key": key, "path": str(pt), "reused": False, **_summary(record), **extra}
 
@@ -350,6 +357,7 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
     from prune_nas.core.genome import MaskRef, base_genome, save_genome
     from prune_nas.core.masks import save_masks
     from prune_nas.core.version import __version__
+    from prune_nas.training import distributed
     from prune_nas.training.data import NUM_CLASSES, load_dataset
     from prune_nas.training.runs import attach_weights
 
@@ -384,6 +392,8 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
         large_model, large = trained_large_model(m, base, dataset, data, protocol, full, seed=seed,
                                                  device=device,
                                                  store_root=store_root, progress=progress, log=log)
+    if not distributed.is_writer():  # the ranks of a --nproc launch trained it together; rank 0 alone prunes
+        return distributed.broadcast(None)  # it and writes the files, the others go on with its result
     kwargs = {"seed": seed, **full}
     result = m.prune(base, large_model, data=data, **kwargs)
 
@@ -425,5 +435,6 @@ def discover(method: str, *, model: str | None = None, dataset: str = "digits", 
         weights_path = out / f"{name}.pt"
         genome = attach_weights(genome, result.state_dict, weights_path)
     path = save_genome(genome, out / f"{name}.json")
-    return Discovered(genome, path, base, weights_path, masks_path, list(provenance["notes"]), large,
-                      round(time.perf_counter() - start, 2))
+    return distributed.broadcast(Discovered(genome, path, base, weights_path, masks_path,
+                                            list(provenance["notes"]), large,
+                                            round(time.perf_counter() - start, 2)))

@@ -327,6 +327,7 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     )
     from prune_nas.methods import get_method
     from prune_nas.repro.experiments import BASELINES, load_manifest, parse_spec, run_experiment
+    from prune_nas.training import distributed
     from prune_nas.training.data import NUM_CLASSES
     from prune_nas.training.loop import _device_name
     from prune_nas.training.store import Store
@@ -424,10 +425,12 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
             "python": platform.python_version(), "platform": platform.platform(),
             "wall_time_s": round(time.perf_counter() - start, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "written_to": str(folder)}
-    if latency:
+    writer = distributed.is_writer()  # of the ranks of a --nproc launch, rank 0 measures and writes
+    if latency and writer:
         _add_latency(rows, base, path, device, meta, notes)
     comp = Comparison(title, rows, tests, meta, notes)
-    comp.write(folder)
+    if writer:
+        comp.write(folder)
     return comp
 
 

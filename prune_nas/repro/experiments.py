@@ -614,7 +614,10 @@ class _Context:
 
     def save(self, status: str | None = None) -> None:
         from prune_nas.core.genome import atomic_write_text
+        from prune_nas.training import distributed
 
+        if not distributed.is_writer():  # the ranks of a --nproc launch: rank 0 alone writes the manifest
+            return
         if self.groups is not None:  # several processes share the manifest: merge ours into it, locked
             from prune_nas.core.atomic import file_lock
 
@@ -711,6 +714,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
     """
     from tqdm.auto import tqdm
 
+    from prune_nas.training import distributed
     from prune_nas.training.store import Store
 
     if isinstance(spec, Plan):
@@ -725,6 +729,8 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_manifest(out / "manifest.json")
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    if not distributed.is_writer():  # rank 0 speaks for a --nproc launch
+        log, progress = (lambda s: None), False
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "status": "running",
         "spec": {"name": spec.name, "title": spec.title, "paper": spec.paper, "kind": spec.kind,
@@ -732,7 +738,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
                  "sha256": spec.sha256(), "raw": spec.raw},
         "scale": scale, "plan": plan.to_dict(), "store": str(Path(store.root).resolve()),
         "progress": {"done": 0, "total": plan.total_runs(), "reused": 0}, "runs": [], "patterns": [],
-        "versions": versions(), "hardware": hardware(device),
+        "versions": versions(), "hardware": {**hardware(device), "distributed": distributed.describe()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "previous_wall_time_s": previous.get("wall_time_s", 0.0) if previous.get("spec", {}).get("sha256")
         == spec.sha256() else 0.0,
@@ -759,6 +765,7 @@ def run_experiment(spec: Spec | Plan | str | os.PathLike, scale: str = "smoke", 
         bar.close()
     manifest.pop("previous_wall_time_s", None)
     ctx.save("complete" if groups is None else None)
+    distributed.barrier()  # every rank returns once rank 0's last manifest is there
     return out / "manifest.json"
 
 
@@ -786,6 +793,7 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     from prune_nas.core.genome import atomic_write_text, load_genome
     from prune_nas.design.discover import discover, method_params, regularizer, run_name
     from prune_nas.methods import get_method
+    from prune_nas.training import distributed
 
     m = get_method(method or row.method)
     model, dataset = model or row.model, dataset or row.dataset
@@ -804,8 +812,8 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     entry = {"role": role, "row": row.index, "seed": seed,
              "ratio": ratio if ratio is not None else full.get("ratio"), "method": m.name, "model": model,
              "dataset": dataset, "genome": name, "key": key, "genome_file": _relative(path, ctx.out)}
-    old = _previous_manifest(side)
-    if path.exists() and old.get("key") == key:
+    old = distributed.broadcast(_previous_manifest(side))  # rank 0's files decide, so all ranks agree
+    if distributed.broadcast(path.exists() and old.get("key") == key):
         return _finish_prune(ctx, entry, load_genome(path), base, old, reused=True,
                              wall=old.get("wall_time_s", 0.0))
     d = discover(m.name, model=model, dataset=dataset, seed=seed, width=row.width, epochs=row.epochs,
@@ -818,7 +826,8 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     if large is not None and regularizer(m, d.base, full) is None:
         large["plain"] = True  # trained without a regularizer: it is the unpruned model
     info = {"key": key, "large": large, "notes": d.notes, "wall_time_s": d.wall_time_s}
-    atomic_write_text(side, json.dumps(info, indent=1, default=_json) + "\n")
+    if distributed.is_writer():
+        atomic_write_text(side, json.dumps(info, indent=1, default=_json) + "\n")
     return _finish_prune(ctx, entry, load_genome(path), base, info, reused=False, wall=d.wall_time_s)
 
 
@@ -846,6 +855,7 @@ def _finish_prune(ctx, entry, genome, base, info, *, reused: bool, wall: float) 
 def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str, dataset: str | None = None,
           reference=None, ratio: float | None = None, extra: dict | None = None) -> dict:
     """One training run (``prune_nas.training.runs.run``), reused from the store when it already ran."""
+    from prune_nas.training import distributed
     from prune_nas.training.protocol import Budget
     from prune_nas.training.runs import RunSpec, run
 
@@ -859,12 +869,14 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     if init == "winning_ticket" and role != "unpruned":
         from prune_nas.design.ticket import attach_ticket
 
-        genome = attach_ticket(genome, genome.source_dir / f"{genome.name}.ticket.pt")
+        ticket = genome.source_dir / f"{genome.name}.ticket.pt"
+        genome = distributed.on_writer(lambda: attach_ticket(genome, ticket))  # it writes the ticket
     elif init == "winning_ticket":
         init = "scratch"  # the unpruned model is the large model itself, trained from its own init
     spec = RunSpec(genome, dataset, protocol, b, seed, init)
     found = ctx.store.get(spec.key)
     reused = found is not None and (found.get("status") == "ok" or not ctx.retry_failed)
+    reused = distributed.broadcast(reused)  # rank 0's store decides, as in run()
     data = None if reused else ctx.dataset(dataset, genome)
     rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
               retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
@@ -925,10 +937,13 @@ def matched_baseline(kind: str, base, pruned, seed: int):
 
 def _run_patterns(ctx: _Context, row: Row) -> None:
     from prune_nas.design.mining import figure_paths, mine_genomes, save_pattern
+    from prune_nas.training import distributed
 
     if not ctx.selected(row.index):
         return
     entries = [prune(ctx, row, seed) for seed in row.seeds]
+    if not distributed.is_writer():  # a --nproc launch: rank 0 writes the pattern
+        return
     pattern = mine_genomes([e["_genome"] for e in entries],
                            [str(ctx.out / e["genome_file"]) for e in entries])
     path = ctx.out / "patterns" / f"row{row.index}-{pattern.label()}.pattern.json"
@@ -990,7 +1005,10 @@ def _design(ctx: _Context, row: Row, ratio: float, runs: list[dict], target, siz
     """Mine the pattern of ``runs`` and build the guided (or transferred) genome of ``target`` at ``size``."""
     from prune_nas.design.mining import mine_genomes, save_pattern
     from prune_nas.design.transfer import generate
+    from prune_nas.training import distributed
 
+    if not distributed.is_writer():  # a --nproc launch: rank 0 mines and writes, the others take its genome
+        return distributed.broadcast(None)
     pattern = mine_genomes([e["_genome"] for e in runs], [str(ctx.out / e["genome_file"]) for e in runs])
     stem = f"row{row.index}-{kind}-{pattern.label()}-r{ratio:g}"
     ppath = ctx.out / "patterns" / f"{stem}.pattern.json"
@@ -1003,7 +1021,7 @@ def _design(ctx: _Context, row: Row, ratio: float, runs: list[dict], target, siz
                                      "genome_file": path.relative_to(ctx.out).as_posix(),
                                      "size": size, "achieved": info.get("achieved")})
     ctx.save()
-    return genome
+    return distributed.broadcast(genome)
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

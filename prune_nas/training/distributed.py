@@ -36,9 +36,9 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,6 +46,7 @@ from torch import nn
 
 # A rank that stops answering (its machine died) fails the others' collectives after this long.
 TIMEOUT = datetime.timedelta(minutes=30)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,18 @@ def broadcast(obj: Any) -> Any:
 def barrier() -> None:
     if current() is not None:
         dist.barrier()
+
+
+def on_writer(make: Callable[[], T]) -> T:
+    """``make()`` run by rank 0 alone, its result sent to every rank (``make()`` itself when training alone).
+
+    For work that writes files (a pruned genome, a pattern, a table) or must happen once: the other ranks
+    get rank 0's object, so they go on with exactly what was written. A rank 0 that raises ends the launch
+    (the launcher stops the ranks waiting here)."""
+    world = current()
+    if world is None:
+        return make()
+    return broadcast(make() if world.rank == 0 else None)
 
 
 def quiet_other_ranks() -> None:
