@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from prune_nas.cli import main
 from prune_nas.core.cost import count
 from prune_nas.core.genome import base_genome, load_genome, model_spec
@@ -51,3 +53,48 @@ def test_evaluate_refuses_a_bad_reference_in_one_line(capsys):
     assert main(["evaluate", "--model", "torchvision:no_such_net", "--dataset", "synthetic"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no_such_net" in err and len(err.splitlines()) == 1
+
+
+def generic_space(**over) -> dict:
+    return {"model": RESNET18, "dataset": "synthetic", "width": 0.125, "input_size": 32,
+            "budget": {"epochs": 1}, "objective": {"maximize": "accuracy", "max_flops": 0.9},
+            "parameters": {"stage_multiplier": {"range": [0.5, 1.0], "step": 0.25}}, "uniform": [0.5], **over}
+
+
+def test_a_generic_space_has_one_multiplier_per_resolution_stage():
+    from prune_nas.search.spaces import Space
+
+    space = Space.from_dict(generic_space())
+    assert space.name == "torchvision-resnet18-synthetic"
+    base = space.base
+    # At 32 px ResNet-18's four stages sit at 8, 4, 2 and 1 pixels: stage 1 (32 px) has no width group.
+    stages = ["mult.stage2", "mult.stage3", "mult.stage4", "mult.stage5"]
+    assert [p.name for p in space.param_defs()] == stages
+    g = space.genome({"mult.stage3": 0.5})
+    for group, width in base.widths.items():
+        half = base.groups.stage(group) == 3
+        assert g.widths[group] == (max(1, round(width * 0.5)) if half else width), group
+    assert {grp for grp in base.widths if base.groups.stage(grp) == 3} == {
+        "layer2", "layer2.0.conv1", "layer2.1.conv1"}
+    assert space.project(g) == {p: 0.5 if p == "mult.stage3" else 1.0 for p in stages}
+
+
+def test_search_a_generic_space(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r18.yaml"
+    path.write_text(yaml.safe_dump(generic_space(name="r18")))
+    assert main(["search", "--space", str(path), "--trials", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert "trial 0 [uniform:r0.5, seed 0]" in capsys.readouterr().out
+    assert main(["results", "r18", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["settled"] == 2 and all(c["mean"] is not None for c in data["candidates"])
+
+
+def test_a_bad_generic_reference_in_a_space_names_the_field(tmp_path):
+    from prune_nas.core.errors import UserError
+    from prune_nas.search.spaces import Space
+
+    with pytest.raises(UserError, match=r"model: .*no_such_net"):
+        Space.from_dict(generic_space(model="torchvision:no_such_net"))
