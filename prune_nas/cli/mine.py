@@ -201,7 +201,7 @@ def cmd_guide(args) -> int:
     sparse = bool(pattern.sparse) if args.sparse is None else args.sparse
     from prune_nas.core.paths import slug
 
-    stem = "-".join(slug(v, what) for v, what in ((model, "model"), (dataset, "dataset"),
+    stem = "-".join(slug(v, what) for v, what in ((model.replace(":", "-"), "model"), (dataset, "dataset"),
                                                   (pattern.method, "pattern method"))) + "-guided"
     stem += "-sparse" if sparse else ""
     results = generate(pattern, target_base(pattern, model, dataset, args.width), args.sizes,
@@ -222,8 +222,8 @@ def cmd_transfer(args) -> int:
     out_dir = args.out_dir or dirs["transferred"]
     pattern = load_pattern(args.pattern) if args.pattern else None
     # The mined source pattern is kept beside the genomes it produced.
-    pattern_out = None if pattern else \
-        out_dir / f"{slug(args.source, 'source')}-{slug(args.method, '--method')}.pattern.json"
+    source = slug(args.source.replace(":", "-"), "source")  # a generic reference, as discover names files
+    pattern_out = None if pattern else out_dir / f"{source}-{slug(args.method, '--method')}.pattern.json"
     results = transfer(args.source, args.target, args.sizes, method=args.method, pattern=pattern,
                        discovered_dir=args.discovered_dir or dirs["discovered"],
                        out_dir=out_dir, sparse=args.sparse, by=args.by,

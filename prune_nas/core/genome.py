@@ -203,6 +203,15 @@ def get_spec_field(model: str) -> ModelSpec:
         raise GenomeError("model", str(e)) from None
 
 
+def model_spec(model: str) -> ModelSpec:
+    """The spec of a built-in model name or of a generic reference (``torchvision:resnet18``, at its defaults:
+    1000 classes, 224 px, 3 channels), for what needs a ``--model``'s family or default input size."""
+    if isinstance(model, str) and is_generic_ref(model):
+        parse_ref(model)
+        return generic_spec(model, None, 1000, 224, 3)
+    return get_spec(model)
+
+
 def _model_args(spec: ModelSpec) -> dict | None:
     """The canonical model_args of a generic genome (always both keys), None for built-in models."""
     if spec.family != "generic":

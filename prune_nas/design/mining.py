@@ -94,7 +94,8 @@ class Pattern:
         checked (a provenance method of ``../../x`` must not choose where the pattern is written)."""
         from prune_nas.core.paths import slug
 
-        return "-".join(slug(v, what) for v, what in ((self.model, "model"), (self.dataset, "dataset"),
+        model = self.model.replace(":", "-")  # a generic reference, as discover names its files
+        return "-".join(slug(v, what) for v, what in ((model, "model"), (self.dataset, "dataset"),
                                                       (self.method, "method")))
 
     def source_summary(self) -> dict:
@@ -131,11 +132,12 @@ class Pattern:
 
 
 def _check_pattern(p: Pattern) -> None:
-    from prune_nas.core.arch import get_spec
+    from prune_nas.core.generic.refs import is_generic_ref
+    from prune_nas.core.genome import model_spec
 
-    if p.model not in _models():
+    if not isinstance(p.model, str) or p.model not in _models() and not is_generic_ref(p.model):
         raise ValueError(f"unknown model {p.model!r}")
-    if get_spec(p.model).family != p.family or not p.sources or not p.stages or not p.layers:
+    if model_spec(p.model).family != p.family or not p.sources or not p.stages or not p.layers:
         raise ValueError("family, sources, stages and layers must be consistent and non-empty")
     if not float(p.reference.get("width", 1.0)) > 0:
         raise ValueError("reference width must be > 0")
@@ -274,7 +276,7 @@ def reference_genome(genome: Genome) -> Genome:
     ``resolve_genome`` knows), else the base model at the width multiplier its provenance records
     (``pruned_from.width``), else the base model."""
     kw = {"num_classes": genome.num_classes, "input_size": genome.input_size,
-          "in_channels": genome.in_channels}
+          "in_channels": genome.in_channels, "model_args": genome.model_args}
     ref = genome.provenance.get("reference")
     if isinstance(ref, str) and ref not in _models():
         beside = genome.source_dir / f"{ref}.json" if genome.source_dir else None
@@ -285,7 +287,8 @@ def reference_genome(genome: Genome) -> Genome:
                 from prune_nas.core.library import resolve_genome
 
                 found = resolve_genome(ref)
-            if found.model == genome.model and found.blocks == genome.spec.default_blocks:
+            if (found.model == genome.model and found.blocks == genome.spec.default_blocks
+                    and found.input_size == genome.input_size):
                 return found
         except UserError:
             pass  # an unresolvable reference: fall back to the base model

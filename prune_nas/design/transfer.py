@@ -51,19 +51,24 @@ DISCOVER_RATIO = 0.4  # prune ratio of the runs ``transfer`` discovers when none
 # ---- names and stages --------------------------------------------------------------------------------------
 def parse_name(name: str) -> tuple[str, str]:
     """``"vgg16-cifar10"`` -> ``("vgg16", "cifar10")``; a UserError names what is wrong."""
-    from prune_nas.core.arch import MODELS, get_spec
+    from prune_nas.core.arch import MODELS
+    from prune_nas.core.genome import model_spec
 
     model, sep, dataset = name.rpartition("-")
     if not sep or dataset not in NUM_CLASSES:
         raise UserError(f"{name!r} is not <model>-<dataset>: the part after the last '-' must be one of "
                         f"{', '.join(NUM_CLASSES)} (e.g. vgg16-cifar10)")
     if model not in MODELS:
-        get_spec(model)  # raises, with suggestions
+        model_spec(model)  # a generic reference (torchvision:resnet18), or raises with suggestions
     return model, dataset
 
 
-def n_stages(model: str, blocks: Sequence[int] | None = None) -> int:
-    g = base_genome(model, blocks=tuple(blocks) if blocks else None).groups
+def n_stages(model: str | Genome, blocks: Sequence[int] | None = None) -> int:
+    """The resolution stages of a model (its base genome) or of a genome (a generic model's depend on its
+    input size, so transfer counts the target genome's own)."""
+    genome = model if isinstance(model, Genome) else \
+        base_genome(model, blocks=tuple(blocks) if blocks else None)
+    g = genome.groups
     return max(g.stage(n) for n in g.names)
 
 
@@ -126,7 +131,7 @@ def _cost(genome: Genome, by: str) -> int:
 def group_ratios(pattern: Pattern, target: Genome) -> dict[str, float | None]:
     """Per target width group: the kept ratio it takes from the pattern, or None where it keeps its width."""
     groups = target.groups
-    smap = stage_map(pattern.n_stages, max(groups.stage(n) for n in groups.names))
+    smap = stage_map(pattern.n_stages, n_stages(target))
     source_kinds = {x["kind"] for x in pattern.layers}
     out: dict[str, float | None] = {}
     for n in groups.names:
@@ -279,7 +284,7 @@ def generate(pattern: Pattern, target: Genome, sizes: Sequence[float], out_dir: 
 
     sizes = check_sizes(sizes)
     sparse = bool(pattern.sparse) if sparse is None else sparse
-    smap = stage_map(pattern.n_stages, n_stages(target.model, target.blocks))
+    smap = stage_map(pattern.n_stages, n_stages(target))
     reference = target.model
     if target.groups.base_widths() != dict(target.widths):
         # A narrow target: write it beside the genomes so reductions and Scratch-B budgets can be measured
@@ -314,6 +319,7 @@ def discovered_files(model: str, dataset: str, method: str, folder: Path, ratio:
     """Discovered runs: ``<model>[-x<width>]-<dataset>-<method>-*.json`` (not the ``.masks``/reference files);
     with ``ratio``, only those named ``...-r<ratio>-...``."""
     folder = Path(folder)
+    model = model.replace(":", "-")  # a generic reference, as discover names its files
     files = set(folder.glob(f"{model}-{dataset}-{method}-*.json"))
     files |= {p for p in folder.glob(f"{model}-x*-{dataset}-{method}-*.json")
               if p.name.startswith(f"{model}-x") and _is_width(p.name[len(model) + 2:].split("-", 1)[0])}
@@ -385,7 +391,9 @@ def transfer(source: str, target: str, sizes: Sequence[float], *, method: str = 
         if pattern_out is not None:
             save_pattern(pattern, pattern_out)
     sparse = bool(pattern.sparse) if sparse is None else sparse
-    stem = f"{slug(source, 'source')}-to-{slug(target, 'target')}-{slug(pattern.method, 'pattern method')}"
+    source_stem, target_stem = (slug(n.replace(":", "-"), what) for n, what in ((source, "source"),
+                                                                              (target, "target")))
+    stem = f"{source_stem}-to-{target_stem}-{slug(pattern.method, 'pattern method')}"
     stem += "-sparse" if sparse else ""
     return generate(pattern, target_base(pattern, t_model, t_dataset, width), sizes, out_dir, stem,
                     sparse=sparse, by=by,

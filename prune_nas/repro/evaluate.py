@@ -316,7 +316,7 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     import scipy
     import torch
 
-    from prune_nas.core.arch import get_spec
+    from prune_nas.core.genome import base_genome, model_spec
     from prune_nas.core.version import __version__
     from prune_nas.design.discover import (
         default_input_size,
@@ -349,7 +349,9 @@ def evaluate(method: str = "slimming", *, model: str | None = None, dataset: str
     if ft_epochs < 1:
         raise UserError(f"--finetune-epochs must be >= 1, got {ft_epochs}")
     model = model or default_model(m, dataset)
-    size = input_size or default_input_size(get_spec(model), dataset)
+    size = input_size or default_input_size(model_spec(model), dataset)
+    if model_spec(model).family == "generic":  # the method's generic variant takes its own parameters
+        m = m.for_genome(base_genome(model, NUM_CLASSES[dataset], size, width_mult=width))
     given = {**(params or {}), **({"ratio": ratio} if ratio is not None else {})}
     full = method_params(m, given)
     if "seed" not in given:

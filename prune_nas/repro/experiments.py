@@ -169,13 +169,12 @@ class Row:
     def base_genome(self, model: str | None = None, dataset: str | None = None):
         """The (possibly narrow) unpruned model the row prunes: ``width`` x the named model, at the row's
         input size, with the dataset's classes."""
-        from prune_nas.core.arch import get_spec
-        from prune_nas.core.genome import base_genome
+        from prune_nas.core.genome import base_genome, model_spec
         from prune_nas.training.data import NUM_CLASSES
 
         model, dataset = model or self.model, dataset or self.dataset
         g = base_genome(model, num_classes=NUM_CLASSES[dataset], input_size=self.input_size or
-                        get_spec(model).input_size, width_mult=self.width)
+                        model_spec(model).input_size, width_mult=self.width)
         if self.width != 1.0:  # discover names its narrow references this way; mining finds them by width
             g = replace(g, name=f"{model}-x{self.width:g}-{dataset}")
         return g
@@ -434,7 +433,8 @@ def _pick(key: str, sc: dict, raw: dict, default=None, row: dict | None = None):
 def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -> Row:
     """One row at one scale, settings resolved (the schema has checked types and bounds): names against the
     registries, the kind's own rules, and the deep checks (the model builds, the method accepts it)."""
-    from prune_nas.core.arch import MODELS, get_spec
+    from prune_nas.core.arch import MODELS
+    from prune_nas.core.genome import model_spec
     from prune_nas.training.data import NUM_CLASSES
 
     raw = spec.raw
@@ -454,7 +454,7 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
     model = r["model"]
     if model not in MODELS:
         try:
-            get_spec(model)
+            model_spec(model)
         except UserError as e:
             fail(f"{at}.model", str(e))
     dataset = get("dataset")
@@ -475,11 +475,6 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
     for key in ("ratio", "config"):
         if key in r:
             params[key] = r[key]
-    known = [p.name for p in method.params]
-    for k in params:
-        if k not in known:
-            fail(f"{at}.params.{k}" if k not in ("ratio", "config") else f"{at}.{k}",
-                 f"method {method.name!r} has no parameter {k!r} (it takes: {', '.join(known) or 'none'})")
 
     seeds_v = get("seeds", 1)
     seeds = tuple(range(seeds_v)) if isinstance(seeds_v, int) else tuple(int(s) for s in seeds_v)
@@ -545,9 +540,19 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
               cap=cap, budgets=tuple(b for b in BUDGETS if b in budgets), budget=budget, ratios=ratios,
               series=series, source=source, reported=dict(r.get("reported") or {}),
               lr=float(lr) if lr is not None else None, lr_milestones=milestones, init=init)
-    # The deep checks: the model builds at this input size, and the method accepts it with these parameters.
+    # The deep checks: the model builds at this input size, and the method accepts it with these parameters
+    # (a generic model's: the method's generic variant, which takes its own parameters).
     try:
         base = row.base_genome()
+        method = method.for_genome(base)
+    except UserError as e:
+        fail(at, str(e))
+    known = [p.name for p in method.params]
+    for k in params:
+        if k not in known:
+            fail(f"{at}.params.{k}" if k not in ("ratio", "config") else f"{at}.{k}",
+                 f"method {method.name!r} has no parameter {k!r} (it takes: {', '.join(known) or 'none'})")
+    try:
         if source is not None:
             row.base_genome(*source)
         for ratio in ratios or (None,):
@@ -795,13 +800,13 @@ def prune(ctx: _Context, row: Row, seed: int, *, method: str | None = None, para
     from prune_nas.methods import get_method
     from prune_nas.training import distributed
 
-    m = get_method(method or row.method)
     model, dataset = model or row.model, dataset or row.dataset
+    base = row.base_genome(model, dataset)
+    m = get_method(method or row.method).for_genome(base)
     given = dict(params if params is not None else row.params)
     full = method_params(m, given)
     if "seed" in full and given.get("seed") is None:
         full["seed"] = seed
-    base = row.base_genome(model, dataset)
     protocol = replace(row, dataset=dataset).protocol()
     folder = ctx.genomes
     name = run_name(model, row.width, dataset, m.name, full, seed, epochs=protocol.epochs,
@@ -897,7 +902,7 @@ def _run_comparison(ctx: _Context, row: Row) -> None:
     from prune_nas.methods import get_method
 
     base = row.base_genome()
-    plain = regularizer(get_method(row.method), base, dict(row.params)) is None
+    plain = regularizer(get_method(row.method).for_genome(base), base, dict(row.params)) is None
     once = prune(ctx, row, row.seeds[0]) if row.prune_once else None
     for seed in row.seeds:
         if not ctx.selected(row.index, seed):

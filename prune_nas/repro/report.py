@@ -585,9 +585,8 @@ def _plot_curves(m: dict, pts: list[dict], path: Path) -> Path:
 def latency_rows(m: dict, run: Path, device: str = "cpu") -> list[dict]:
     """Per comparison row: the unpruned and the pruned models' measured batch-1 latency on ``device`` (pruned:
     the mean over the seeds' genomes), with FLOPs and the accuracies the table shows."""
-    from prune_nas.core.arch import get_spec
     from prune_nas.core.cost import count
-    from prune_nas.core.genome import base_genome, load_genome
+    from prune_nas.core.genome import base_genome, load_genome, model_spec
     from prune_nas.core.latency import measure
     from prune_nas.training.data import NUM_CLASSES
 
@@ -595,7 +594,7 @@ def latency_rows(m: dict, run: Path, device: str = "cpu") -> list[dict]:
     for t in comparison_cells(m):
         row = t["row"]
         base = base_genome(row["model"], num_classes=NUM_CLASSES[row["dataset"]],
-                           input_size=row.get("input_size") or get_spec(row["model"]).input_size,
+                           input_size=row.get("input_size") or model_spec(row["model"]).input_size,
                            width_mult=row.get("width", 1.0))
         files = sorted({p["genome_file"] for p in t["prunes"] if p.get("genome_file")})
         pruned = [load_genome(run / f) for f in files]

@@ -444,11 +444,13 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
     if bad is not None:
         raise bad
     from prune_nas.core.arch import MODELS
+    from prune_nas.core.generic.refs import is_generic_ref
     from prune_nas.training.data import NUM_CLASSES
     from prune_nas.training.protocol import Protocol
 
     model, dataset = d["model"], d["dataset"]
-    if not isinstance(model, str) or model not in MODELS:
+    # A generic reference (torchvision:resnet18) is checked when its base model is built below.
+    if not isinstance(model, str) or model not in MODELS and not is_generic_ref(model):
         import difflib
 
         close = difflib.get_close_matches(str(model), MODELS, n=3)
@@ -456,7 +458,7 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         raise err("model", f"unknown model {model!r}{hint}")
     if not isinstance(dataset, str) or dataset not in NUM_CLASSES:
         raise err("dataset", f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
-    name = d.get("name") or default_name or f"{model}-{dataset}"
+    name = d.get("name") or default_name or f"{model.replace(':', '-')}-{dataset}"
     if not all(c.isalnum() and c.isascii() or c in "-_." for c in name):
         raise err("name", f"use letters, digits, '-', '_' and '.' only, got {name!r}")
     width = float(d.get("width", 1.0))
@@ -506,6 +508,9 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         base = space.base
     except UserError as e:
         raise err("model", str(e)) from None
+    if "stage_sparsity" in parsed and base.family == "generic":
+        raise err("parameters.stage_sparsity", f"is not available for generic models ({model}) yet; use "
+                                               "stage_multiplier or layer_width")
     if "layer_width" in parsed and not space.width_groups():
         raise err("parameters.layer_width.groups", f"matches none of {base.model}'s width groups "
                                                    f"({', '.join(base.groups.names[:6])}, ...)")

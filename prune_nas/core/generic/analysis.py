@@ -30,7 +30,7 @@ from typing import Any
 
 from prune_nas.core.errors import GenomeError
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: stages numbered densely over the groups' resolutions
 
 
 @dataclass(frozen=True)
@@ -332,6 +332,10 @@ def _groups(net, dg, fixed_modules: list, positions: dict[str, int]) \
                     tuple(sorted(set(norms), key=order.__getitem__)),
                     tuple((p, d, m) for (p, d), m in cuts.items())))
     raw.sort(key=lambda r: order[r[0][0]])  # layout order of the first writer: the stem first
+    # Stages are numbered 1.. over the resolutions that hold a group (a ResNet stem's own resolution holds
+    # none: its conv joins the first stage's stream), so equal-depth models number them alike for transfer.
+    rank = {s: i + 1 for i, s in enumerate(sorted({r[3] for r in raw}))}
+    raw = [(w, width, kind, rank[stage], *rest) for w, width, kind, stage, *rest in raw]
     names = _names([w for w, *_ in raw])
     groups = tuple(GroupInfo(n, width, kind, stage, tuple(w), norms, cuts)
                    for n, (w, width, kind, stage, norms, cuts) in zip(names, raw))
