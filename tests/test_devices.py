@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,9 @@ def test_worker_on_device_slots_shares_one_study(tmp_path, monkeypatch, capsys):
     assert main(["search", "--space", str(path), "--trials", "3", "--no-progress", "--devices", "cpu",
                  "--per-device", "2"]) == 0
     out = capsys.readouterr().out
-    assert "3 complete" in out
+    # Two workers may each finish the trial that reached the target: 3 or 4 complete, never fewer.
+    complete = [int(m) for m in re.findall(r"(\d+) complete", out)]
+    assert complete and max(complete) >= 3, out
     assert main(["results", "tiny-dev", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["counts"]["settled"] >= 3  # two workers may each finish the trial that reached the target
