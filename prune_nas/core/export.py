@@ -31,15 +31,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a ``.pt`` state dict into ``model``, keeping the genome's masks (masked weights stay zero)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (a hostile or truncated file: pickle, zip and torch errors alike)
-        raise UserError(f"{path}: not a torch state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a state dict (names -> tensors)")
+    from prune_nas.core.userfiles import read_state_dict
+
+    state = read_state_dict(path, "weights")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches

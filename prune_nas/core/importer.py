@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prune_nas.core.errors import UserError
@@ -28,9 +27,9 @@ def load_pruned(path: str | os.PathLike, trust_pickle: bool = False) -> dict:
     import torch
     from torch import nn
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such file: {path}")
+    from prune_nas.core.userfiles import checked_file
+
+    path = checked_file(path, "pruned model")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError:

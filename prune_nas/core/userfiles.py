@@ -117,6 +117,22 @@ def parse_json(text: str, where: str) -> Any:
     return check_depth(data, where)
 
 
+def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict:
+    """A ``.pt`` state dict from a checked regular file: ``torch.load(weights_only=True)`` (tensors only, no
+    code runs), every value a tensor, else a UserError."""
+    import torch
+
+    path = checked_file(path, what)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (not a torch file, damaged, or holding more than tensors)
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"cannot read {what} {path}: not a torch state dict of tensors ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what} {path} are not a state dict of tensors")
+    return state
+
+
 def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
     """Parsed JSON from a checked file (see :func:`parse_json`)."""
     return parse_json(read_text(path, what, hint), f"{what} {path}")

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,7 +216,6 @@ def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol,
     from prune_nas.training import distributed
     from prune_nas.training.loop import train_model
 
-    folder = pt.parent
     if distributed.broadcast(pt.exists() and meta.exists()):  # rank 0's cache decides, so all ranks agree
         record = json.loads(meta.read_text())
         model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
@@ -240,15 +238,10 @@ def _trained_or_cached(model, callbacks, extra, genome, dataset, data, protocol,
               "torch": torch.__version__, "prune_nas": __version__,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if distributed.is_writer():  # the ranks of a --nproc launch hold the same weights; rank 0 stores them
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pt.tmp")
-        os.close(fd)
-        try:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-            os.replace(tmp, pt)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from prune_nas.core.atomic import atomic_write
+
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_write(pt, lambda tmp: torch.save(state, tmp), ".pt")
         atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
     log(f"trained in {history.wall_time_s:.0f}s: test top-1 {_pct(summ['final_top1'])}; cached as {pt}")
     return model.cpu().eval(), {"key": key, "path": str(pt), "reused": False, **_summary(record), **extra}

@@ -48,11 +48,12 @@ def throughput_files(folder: str | os.PathLike | None = None) -> list[Path]:
 def load_throughput(path: str | os.PathLike) -> dict:
     """A throughput table: ``{"device": ..., "results": {model key: {"plain_img_s", "engine_img_s"}}}``."""
     from prune_nas.core.errors import UserError
+    from prune_nas.core.userfiles import read_json
 
+    table = read_json(path, "throughput table")
     try:
-        table = json.loads(Path(path).read_text())
         table["results"], table["device"]  # the two fields a table must have
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise UserError(f"{path} is not a throughput table of benchmarks/train_throughput.py ({e})") from None
     return table
 

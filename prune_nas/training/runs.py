@@ -111,17 +111,9 @@ _CONTENT_SHA: dict[tuple, str] = {}  # (path, size, mtime) -> tensors_sha256: Ru
 
 def load_weights(path: "Path") -> dict:
     """A weights file a user or a genome names (a checked regular file, tensors only), or a UserError."""
-    from prune_nas.core.errors import UserError
-    from prune_nas.core.userfiles import checked_file
+    from prune_nas.core.userfiles import read_state_dict
 
-    checked_file(path, "inherited weights")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, damaged, or holding more than tensors
-        raise UserError(f"cannot read inherited weights {path}: {str(e).splitlines()[0][:200]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"inherited weights {path} are not a state dict of tensors")
-    return state
+    return read_state_dict(path, "inherited weights")
 
 
 def inherited_weights(genome: "Genome", field: str = "weights") -> tuple["Path", str]:
