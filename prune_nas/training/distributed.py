@@ -53,7 +53,6 @@ T = TypeVar("T")
 class World:
     rank: int
     world_size: int
-    local_rank: int
     backend: str
 
     def to_dict(self) -> dict:
@@ -64,8 +63,7 @@ def current() -> World | None:
     """The process group this process belongs to, or None when it trains alone."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                 str(dist.get_backend()))
+    return World(dist.get_rank(), dist.get_world_size(), str(dist.get_backend()))
 
 
 def launched() -> bool:

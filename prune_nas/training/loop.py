@@ -236,16 +236,12 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: str | torch.devic
 
 
 def _device_name(device: str | torch.device) -> str:
+    """How run records name the hardware: ``cuda:<GPU name>``, else ``cpu:<CPU model> (<n> cores)``."""
+    import os
+
+    from prune_nas.core.latency import device_name  # the one place that reads the CPU / GPU name
+
     device = torch.device(device)
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    import os
-    import platform
-
-    name = platform.processor() or platform.machine()
-    try:  # Linux: the CPU's marketing name says more than "x86_64"
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu:{name} ({os.cpu_count()} cores)"
+        return f"cuda:{device_name(str(device))}"
+    return f"cpu:{device_name('cpu')} ({os.cpu_count()} cores)"
