@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,24 @@ def _isolated_home(tmp_path, monkeypatch):
     """Every test writes its store and outputs under a temporary PRUNE_NAS_HOME."""
     monkeypatch.setenv("PRUNE_NAS_HOME", str(tmp_path / "home"))
     yield
+
+
+@pytest.fixture
+def rank_pid():
+    """``rank_pid(parent, rank)``: the pid of the rank ``--nproc`` launched with RANK=rank among ``parent``'s
+    children, or None while it has not started (read from /proc; skips where there is none)."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("finds a rank's process through /proc")
+
+    def find(parent: int, rank: int) -> int | None:
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"RANK={rank}".encode() in env:
+                    return int(child)
+        return None
+
+    return find

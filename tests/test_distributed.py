@@ -74,6 +74,59 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path, engine):
         assert torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]), k
 
 
+class _StopAfter:
+    """Interrupts training at the end of epoch ``epoch`` (counting from 1), after the checkpoint before it."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, model, epoch, metrics):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _resume(checkpoint, callbacks=()):
+    torch.manual_seed(0)
+    model = build(base_genome("vgg11", width_mult=0.125, input_size=16))
+    data = synthetic(train_size=TRAIN_SIZE, test_size=64, input_size=16)
+    h = train_model(model, data, Protocol(epochs=EPOCHS, batch_size=TRAIN_SIZE), seed=3, progress=False,
+                    checkpoint=checkpoint, callbacks=callbacks)
+    return h, model
+
+
+def _resume_rank(rank: int, world: int, init: str, folder: str) -> None:
+    import torch.distributed as dist
+
+    from prune_nas.training.loop import Checkpoint
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        # Rank 1 looks in a folder of its own, where the file is not: another machine of a torchrun launch.
+        h, model = _resume(Checkpoint(Path(folder) / f"rank{rank}" / "run.pt", "run", every_s=0))
+        torch.save({"curve": h.curve, "state": model.state_dict()}, Path(folder) / f"out.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_resumes_from_rank_0s_checkpoint(tmp_path):
+    from prune_nas.training.loop import Checkpoint
+
+    torch.set_num_threads(1)
+    with pytest.raises(KeyboardInterrupt):  # stopped in epoch 3: the checkpoint holds epochs 1-2
+        _resume(Checkpoint(tmp_path / "rank0" / "run.pt", "run", every_s=0), [_StopAfter(3)])
+    saved = torch.load(tmp_path / "rank0" / "run.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    mp.spawn(_resume_rank, args=(2, f"file://{tmp_path / 'rdzv'}", str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"out.{r}", weights_only=False) for r in range(2)]
+    assert not (tmp_path / "rank1").exists()
+    for got in ranks:  # both went on from epoch 3 with rank 0's first two epochs
+        assert [c["epoch"] for c in got["curve"]] == [1, 2, 3, 4]
+        assert got["curve"][:2] == saved["curve"]
+    for k, v in ranks[0]["state"].items():
+        assert torch.equal(v, ranks[1]["state"][k]), k
+
+
 def _cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "prune_nas", *args], cwd=cwd, env=env, text=True,
@@ -101,21 +154,7 @@ def test_nproc_run_has_the_same_key_and_only_rank_0_writes(tmp_path):
                                                                                     ("weights", "pt")))
 
 
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of the launched worker with RANK=rank among ``parent``'s children."""
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"RANK={rank}".encode() in env:
-                return int(child)
-    return None
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank's process through /proc")
-def test_killing_one_rank_fails_the_run_cleanly_and_keeps_the_store(tmp_path):
+def test_killing_one_rank_fails_the_run_cleanly_and_keeps_the_store(tmp_path, rank_pid):
     p = _cli([*TRAIN, "--epochs", "1", "--store", "store"], tmp_path)
     assert p.wait(timeout=600) == 0
     kept = {q: q.read_bytes() for q in (tmp_path / "store" / "runs").glob("*.json")}
@@ -123,7 +162,7 @@ def test_killing_one_rank_fails_the_run_cleanly_and_keeps_the_store(tmp_path):
     deadline, pid = time.time() + 300, None
     while pid is None and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
-        pid = _rank_pid(p.pid, 1)
+        pid = rank_pid(p.pid, 1)
     assert pid is not None, p.communicate()[1]
     time.sleep(5)  # into training
     os.kill(pid, signal.SIGKILL)

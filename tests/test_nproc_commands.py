@@ -1,14 +1,18 @@
 """``--nproc`` beyond ``train``: ``run`` and ``evaluate`` train every run as one DDP job over N processes
-(gloo on CPU here) and write what one process writes, once; ``search`` / ``worker`` refuse it in one line."""
+(gloo on CPU here) and write what one process writes, once; ``search`` / ``worker`` train each trial's
+candidate on N processes, rank 0 alone talking to the study, and a killed rank gives the trial back."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,13 +91,132 @@ def test_evaluate_nproc_writes_its_table_once(tmp_path):
     assert len(list((tmp_path / "genomes").glob("*.json"))) == 1 + 1 + 1  # pruned, its side file, x0.125 ref
 
 
-@pytest.mark.parametrize("command", [["search", "--space", "x"], ["worker", "--study", "x"]])
-def test_search_and_worker_refuse_nproc_in_one_line(command, capsys):
-    from prune_nas.cli import main
+# Two seed genomes, then sampled ones; the median rule may stop a trial from its first epoch on. The x0.9 seed
+# (1.45K params) stays near chance while the x0.25 one learns, so it is stopped early: every rank must leave
+# that run at the same epoch, or the launch hangs.
+EARLY_STOPPING_SPACE = {
+    "name": "es", "model": "vgg11", "width": 0.125, "input_size": 16, "dataset": "synthetic",
+    "budget": {"kind": "epochs", "epochs": 4}, "objective": {"maximize": "accuracy"},
+    "early_stopping": {"warmup_epochs": 0, "startup_trials": 1}, "sampler": {"kind": "random", "seed": 0},
+    "parameters": {"stage_multiplier": {"range": [0.25, 1.0], "step": 0.25}}, "uniform": [0.25, 0.9]}
 
-    assert main([*command, "--nproc", "2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--nproc is not supported" in err[0] and "--devices" in err[0], err
+
+def _study(home: Path, name: str = "es"):
+    from prune_nas.search.studies import load_study
+
+    study, _ = load_study(name, f"sqlite:///{home / 'studies' / f'{name}.db'}")
+    return study
+
+
+def test_search_nproc_trains_each_trial_once_on_two_ranks(tmp_path):
+    space = tmp_path / "es.yaml"
+    space.write_text(json.dumps(EARLY_STOPPING_SPACE))
+    two, one = tmp_path / "two", tmp_path / "one"
+    args = ["search", "--space", str(space), "--trials", "3", "--no-progress", "--device", "cpu"]
+    p = _cli([*args, "--nproc", "2"], tmp_path, two)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("trial 0 [uniform:r0.25") == 1 and p.stdout.count("study es:") == 1  # rank 0 spoke
+    q = _cli(args, tmp_path, one)
+    assert q.returncode == 0, q.stderr
+    t2, t1 = _study(two).trials, _study(one).trials
+    assert [t.state.name for t in t2] == [t.state.name for t in t1]
+    assert t2[1].state.name == "PRUNED" and "stopped early" in t2[1].user_attrs["early_stopped"]
+    # The same candidates under the same run keys (the key does not depend on N) ...
+    assert [t.user_attrs["run_key"] for t in t2] == [t.user_attrs["run_key"] for t in t1]
+    # ... trained by two ranks to what one process computes, up to float rounding.
+    assert t2[0].value == pytest.approx(t1[0].value, abs=0.05)
+    records = [json.loads(r.read_text()) for r in (two / "store" / "runs").glob("*.json")]
+    assert len(records) == 1 + sum(t.state.name == "COMPLETE" for t in t2[1:])  # stopped runs store nothing
+    assert all(r["distributed"] == {"world_size": 2, "backend": "gloo"} for r in records)
+
+
+def _verdicts(rank: int, init: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from prune_nas.search.objective import EarlyStopping, StoppedByRank0
+
+    class Trial:  # rank 0's: says "stop" at the second epoch, or its storage fails there
+        def __init__(self, fail: bool):
+            self.fail, self.attrs = fail, {}
+
+        def report(self, value, step):
+            if self.fail and step == 2:
+                raise ConnectionError("storage down")
+
+        def should_prune(self):
+            return not self.fail
+
+        def set_user_attr(self, k, v):
+            self.attrs[k] = v
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    seen = []
+    try:
+        for fail in (False, True):
+            callback = EarlyStopping(Trial(fail) if rank == 0 else None)
+            for epoch in range(3):
+                try:
+                    callback.on_epoch_end(None, epoch, {"test_top1": 0.5})
+                except (optuna.TrialPruned, StoppedByRank0, ConnectionError) as e:
+                    seen.append((epoch, type(e).__name__))
+                    break
+    finally:
+        dist.destroy_process_group()
+    Path(f"{out}.{rank}").write_text(json.dumps(seen))
+
+
+def test_rank_0s_early_stopping_verdict_stops_every_rank_at_the_same_epoch(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "seen")
+    mp.spawn(_verdicts, args=(f"file://{tmp_path / 'rdzv'}", out), nprocs=2)
+    # Rank 0 stops at the first epoch's end (its trial says prune), then meets a storage error in the second
+    # run; rank 1 leaves both runs at the same epochs.
+    assert json.loads(Path(f"{out}.0").read_text()) == [[0, "TrialPruned"], [1, "ConnectionError"]]
+    assert json.loads(Path(f"{out}.1").read_text()) == [[0, "StoppedByRank0"], [1, "StoppedByRank0"]]
+
+
+def test_killing_a_rank_of_a_worker_gives_its_trial_back(tmp_path, rank_pid):
+    from prune_nas.search.spaces import Space
+    from prune_nas.search.studies import _fail_stale, create_study, load_study
+
+    home = tmp_path / "home"
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    long = {**EARLY_STOPPING_SPACE, "name": "long", "early_stopping": False, "uniform": [0.5],
+            "budget": {"kind": "epochs", "epochs": 500}}
+    create_study(Space.from_dict(long), url, trials=1, log=lambda s: None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PRUNE_NAS_HOME": str(home)}
+    p = subprocess.Popen([sys.executable, "-m", "prune_nas", "worker", "--study", "long", "--storage", url,
+                          "--heartbeat", "1", "--no-progress", "--device", "cpu", "--nproc", "2"],
+                         cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, pid = time.time() + 300, None
+    while pid is None and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+        pid = rank_pid(p.pid, 1)
+    assert pid is not None, p.communicate()[1]
+    time.sleep(8)  # into the trial's training
+    os.kill(pid, signal.SIGKILL)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err
+    assert "training 500 epochs" in out, out
+    assert "Traceback" not in err, err  # rank 0 says it lost its peer, or was interrupted by the launcher
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("prune-nas: error: distributed run failed: rank 1 was killed by SIGKILL"), err
+    assert last.endswith("goes back to the study's queue; go on with: prune-nas worker --study long "
+                         f"--storage {url}"), last
+    assert not (home / "store" / "runs").exists() or not list((home / "store" / "runs").iterdir())
+    # Rank 0 gave the trial back (or, had the launcher's SIGTERM come first, left it RUNNING for its silent
+    # heartbeat): either way the study holds a waiting retry of the same candidate once it is looked at.
+    time.sleep(2)
+    study, _ = load_study("long", url, heartbeat=1, grace=1)
+    _fail_stale(study)
+    trials = study.trials
+    assert trials[0].state.name == "FAIL", [t.state for t in trials]
+    retries = [t for t in trials if t.state.name == "WAITING"]
+    assert len(retries) == 1 and retries[0].user_attrs["genome_key"] == trials[0].user_attrs["genome_key"]
+    assert retries[0].system_attrs["failed_trial"] == 0
 
 
 def test_run_refuses_devices_with_nproc(capsys):

@@ -208,7 +208,7 @@ def test_early_stopping_reports_each_epoch_and_stops_weak_trials(tmp_path):
     first = study.trials[0]
     assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [1, 2]
     # A trial that Optuna's median rule stops ends PRUNED ("stopped early") and stores no run.
-    from prune_nas.search.studies import _EarlyStopping
+    from prune_nas.search.objective import EarlyStopping
 
     class Stop:
         attrs: dict = {}
@@ -224,7 +224,7 @@ def test_early_stopping_reports_each_epoch_and_stops_weak_trials(tmp_path):
 
     t = Stop()
     with pytest.raises(optuna.TrialPruned, match="stopped early after epoch 3"):
-        _EarlyStopping(t).on_epoch_end(None, 2, {"test_top1": 0.25})
+        EarlyStopping(t).on_epoch_end(None, 2, {"test_top1": 0.25})
     assert t.reported == (0.25, 3) and "early_stopped" in t.attrs
 
 

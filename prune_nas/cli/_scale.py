@@ -10,14 +10,16 @@ from prune_nas.core.errors import UserError
 
 def add_nproc(group) -> None:
     group.add_argument("--nproc", type=int, default=1, metavar="N",
-                       help="train each run with N processes on this machine (torch.distributed DDP: NCCL on "
-                            "GPUs, one per process; gloo on CPU); the global batch stays the protocol's. On "
-                            "several machines start the command under torchrun instead")
+                       help="train each run (each trial, for search / worker) with N processes on this "
+                            "machine (torch.distributed DDP: NCCL on GPUs, one per process; gloo on CPU); "
+                            "the global batch stays the protocol's. On several machines start the command "
+                            "under torchrun instead")
 
 
-def launch_if_asked(args) -> int | None:
+def launch_if_asked(args, lost: str = "nothing of the failed run was stored") -> int | None:
     """Re-execute the command as ``--nproc`` ranks and return its exit status, or None when this process is
-    to train itself (alone, or as a rank a launcher started)."""
+    to train itself (alone, or as a rank a launcher started). ``lost``: what a failed launch leaves, said
+    after the failure."""
     from prune_nas.training import distributed
 
     nproc = getattr(args, "nproc", 1)
@@ -28,17 +30,9 @@ def launch_if_asked(args) -> int | None:
     try:
         distributed.launch(_without_nproc(args.argv), nproc)
     except distributed.DistributedFailure as e:
-        print(f"prune-nas: error: {e}; nothing of the failed run was stored", file=sys.stderr)
+        print(f"prune-nas: error: {e}; {lost}", file=sys.stderr)
         return 1
     return 0
-
-
-def refuse_nproc(args, command: str) -> None:
-    """``search`` / ``worker``: a study's trial is drawn by one process talking to Optuna; several ranks would
-    each draw their own candidate, so ``--nproc`` is refused there (``--devices`` spreads trials instead)."""
-    if getattr(args, "nproc", 1) > 1:
-        raise UserError(f"--nproc is not supported by `prune-nas {command}`: each rank would draw its own "
-                        "trial from the study; use --devices to run one trial per device instead")
 
 
 def join(args, device: str) -> str:

@@ -17,7 +17,6 @@ from prune_nas.cli._scale import (
     devices_of,
     join,
     launch_if_asked,
-    refuse_nproc,
     report_workers,
 )
 from prune_nas.cli.discover import add_method_args, method_args
@@ -37,6 +36,9 @@ examples:
       --storage postgresql://user:pass@dbhost/prune_nas                        # then, on each extra machine:
   prune-nas worker --study vgg19-cifar100 --storage postgresql://user:pass@dbhost/prune_nas
   prune-nas results vgg19-cifar100 --storage postgresql://user:pass@dbhost/prune_nas
+  prune-nas search --space my-imagenet.yaml --nproc 8     # each candidate trained on 8 GPUs (DDP), in turn
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint host0:29500 \
+      -m prune_nas worker --study my-imagenet --storage postgresql://...      # each on 16 GPUs of 2 machines
   optuna-dashboard sqlite:///artifacts/studies/vgg11-digits.db                  # Optuna's own tools work too
 """
 
@@ -123,7 +125,7 @@ def _where(p) -> None:
     r.add_argument("--threads", type=_args.positive_int,
                    help="CPU threads for torch (default 1 on the embedded datasets)")
     r.add_argument("--no-progress", action="store_true")
-    add_nproc(r)  # search / worker refuse it (refuse_nproc)
+    add_nproc(r)
 
 
 def _study_opts(p) -> None:
@@ -209,7 +211,6 @@ def cmd_search(args) -> int:
     from prune_nas.search.spaces import load_space
     from prune_nas.search.studies import search
 
-    refuse_nproc(args, "search")
     space = load_space(args.space)
     device = _setup(args, space.dataset)
     if devices_of(args):
@@ -221,6 +222,10 @@ def cmd_search(args) -> int:
                              heartbeat=args.heartbeat, grace=args.grace, log=_log(args))
         args.study = study.study_name
         return _workers_on_devices(args, args.trials)
+    args.study = args.study or space.name
+    device, done = _ranks(args, device)
+    if done is not None:
+        return done
     with _sigterm_interrupts():
         summary = search(space, trials=args.trials, storage=args.storage, study_name=args.study,
                          store=args.store, device=device, progress=not args.no_progress,
@@ -234,10 +239,12 @@ def cmd_search(args) -> int:
 def cmd_worker(args) -> int:
     from prune_nas.search.studies import worker
 
-    refuse_nproc(args, "worker")
     device = _setup(args, None)
     if devices_of(args):
         return _workers_on_devices(args, args.trials)
+    device, done = _ranks(args, device)
+    if done is not None:
+        return done
     with _sigterm_interrupts():
         summary = worker(args.study, storage=args.storage, trials=args.trials, store=args.store,
                          device=device, progress=not args.no_progress, heartbeat=args.heartbeat,
@@ -246,6 +253,28 @@ def cmd_worker(args) -> int:
     print()
     print(results_text(summary))
     return 0
+
+
+def _ranks(args, device: str) -> tuple[str, int | None]:
+    """``--nproc N`` (or a torchrun launch) of ``search`` / ``worker``: rank 0 works on the study and the
+    other ranks train each of its candidates with it (``search/objective.py``). Returns this process' device
+    and, when its part is over (the launch it started ended, or it was a rank other than 0), its exit
+    status; ``None`` for the process that works on the study."""
+    from prune_nas.search.objective import follow
+    from prune_nas.search.studies import redact
+    from prune_nas.training import distributed
+
+    resume = f"prune-nas worker --study {args.study}" + (f" --storage {redact(args.storage)}"
+                                                         if args.storage else "")
+    launched = launch_if_asked(args, lost="the trial being trained goes back to the study's queue; go on "
+                                          f"with: {resume}")
+    if launched is not None:
+        return device, launched
+    device = join(args, device)
+    if distributed.is_writer():
+        return device, None
+    follow(args.store, device=device, data_dir=args.data_dir, download=args.download)
+    return device, 0
 
 
 def _workers_on_devices(args, trials: int | None) -> int:

@@ -60,6 +60,7 @@ import contextlib
 import json
 import math
 import re
+import signal
 import threading
 import time
 import warnings
@@ -73,12 +74,18 @@ from optuna.trial import TrialState
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import output_dir
-from prune_nas.core.units import human
+from prune_nas.search.objective import (
+    Evaluator,
+    TrainingFailed,
+    TrialTaken,
+    genome_attr,
+    release_followers,
+    storage_errors,
+)
 from prune_nas.search.spaces import Space
 
 if TYPE_CHECKING:
     from prune_nas.core.genome import Genome
-    from prune_nas.training.store import Store
 
 STUDY_FORMAT = "prune-nas.study"
 STUDY_VERSION = 1
@@ -93,31 +100,14 @@ INFEASIBLE_SLACK = 100
 
 __all__ = ["STUDY_FORMAT", "Counts", "StorageLost", "TrainingFailed", "TrialTaken", "counts", "create_study",
            "default_storage_url", "load_study", "open_storage", "retry_storage", "run_trial", "search",
-           "seed_genomes", "storage_url", "summarize", "work", "worker"]
+           "seed_genomes", "storage_url", "summarize", "work", "worker"]  # the objective: search/objective.py
 
 
 STORAGE_PATIENCE_S = 120.0  # how long a worker retries an unreachable storage before it gives up
 
 
-class TrainingFailed(Exception):
-    """The run failed (e.g. non-finite loss): the trial is recorded as failed with the reason; the study goes
-    on."""
-
-
-class TrialTaken(Exception):
-    """This worker's trial was settled by someone else meanwhile (its heartbeat went silent, e.g. the process
-    was paused, and another worker failed it and queued a retry): this worker drops it and moves on."""
-
-
 class StorageLost(UserError):
     """The study's storage stayed unreachable past the worker's patience: one line saying how to resume."""
-
-
-def storage_errors() -> tuple[type[BaseException], ...]:
-    """What an unreachable database raises through Optuna (a server restart, a network cut)."""
-    import sqlalchemy.exc
-
-    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ConnectionError)
 
 
 def retry_storage(call: Callable[[], Any], *, patience_s: float, log: Callable[[str], None],
@@ -367,24 +357,6 @@ def seed_genomes(space: Space, log: Callable[[str], None] = print) -> list[tuple
     return unique
 
 
-def genome_attr(genome: Genome) -> dict:
-    """A genome as a trial attribute: its JSON without bulky provenance, plus where its mask file lives."""
-    d = genome.to_dict()
-    prov = d.pop("provenance", {}) or {}
-    d["provenance"] = {k: prov[k] for k in ("method", "reference", "dataset", "ratio", "seed") if k in prov}
-    if genome.sparsity and genome.sparsity.mask and genome.source_dir:
-        d["source_dir"] = str(Path(genome.source_dir).resolve())
-    return d
-
-
-def genome_from_attr(d: dict) -> Genome:
-    from prune_nas.core.genome import Genome
-
-    d = dict(d)
-    src = d.pop("source_dir", None)
-    return Genome.from_dict(d, source_dir=Path(src) if src else None)
-
-
 def enqueue_seeds(study: optuna.Study, space: Space, log: Callable[[str], None] = print) -> int:
     """Enqueue every seed genome x seed not in the study yet; returns how many were enqueued."""
     have = {(t.user_attrs.get("genome_key"), t.user_attrs.get("seed"))
@@ -400,164 +372,6 @@ def enqueue_seeds(study: optuna.Study, space: Space, log: Callable[[str], None] 
             study.enqueue_trial(params, user_attrs=attrs)
             n += 1
     return n
-
-
-# ---- the objective ---------------------------------------------------------------------------------------
-class _EarlyStopping:
-    """Training callback: report each epoch's test accuracy; stop the run when Optuna's rule says so."""
-
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
-
-    def on_epoch_end(self, model, epoch: int, metrics: dict) -> None:
-        acc = metrics.get("test_top1")
-        if acc is None:
-            return
-        self.trial.report(float(acc), epoch + 1)
-        if self.trial.should_prune():
-            msg = f"stopped early after epoch {epoch + 1}: test top-1 {100 * acc:.2f}% is below the median"
-            self.trial.set_user_attr("early_stopped", msg)
-            raise optuna.TrialPruned(msg)
-
-
-class Evaluator:
-    """The objective: build the trial's genome, cost it, train it (or reuse the stored run), return values."""
-
-    def __init__(self, space: Space, store: Store, *, device: str = "cpu", progress: bool = False,
-                 log: Callable[[str], None] = print, data_dir=None, download: bool = False):
-        from prune_nas.core.cost import count
-
-        self.space, self.store, self.device, self.progress, self.log = space, store, device, progress, log
-        self.data_dir, self.download = data_dir, download
-        self.protocol = space.protocol_obj()
-        self.budget = space.budget_obj()
-        self.limits = space.objective.limits(count(space.base))
-        self._data: dict = {}
-        self.ran: list[int] = []
-
-    def dataset(self, genome: Genome):
-        from prune_nas.training.data import load_dataset
-
-        shape = (genome.input_size, genome.in_channels)
-        if shape not in self._data:
-            self._data[shape] = load_dataset(self.space.dataset, data_dir=self.data_dir,
-                                             download=self.download, input_size=shape[0],
-                                             in_channels=shape[1])
-        return self._data[shape]
-
-    def __call__(self, trial: optuna.Trial):
-        self.ran.append(trial.number)
-        try:
-            return self._run(trial)
-        except optuna.TrialPruned as e:
-            self.log(f"trial {trial.number}: {e}")
-            raise
-        except TrainingFailed:
-            raise
-        except optuna.exceptions.UpdateFinishedTrialError:
-            raise TrialTaken(f"trial {trial.number}") from None
-        except storage_errors():  # the worker loop waits for the storage, then requeues the trial
-            raise
-        except BaseException as e:  # Ctrl-C, SIGTERM, a user error: put the trial back before leaving
-            _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
-            raise
-
-    def _values(self, acc: float, cost, latency_ms: float | None) -> float | tuple[float, ...]:
-        if not self.space.objective.multi:
-            return acc
-        metric = self.space.objective.metrics[1]
-        return (acc, float(latency_ms if metric == "latency" else getattr(cost, metric)))
-
-    def _latency(self, trial: optuna.Trial, genome: "Genome"):
-        """Measured (or cached) batch-1 latency of the candidate on this worker's device, as user attributes;
-        says so when the latency limit lies within the measurement's noise."""
-        from prune_nas.core.latency import measure
-
-        lat = measure(genome, device=self.device, batch=1, repeats=10)
-        for k, v in {"latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms,
-                     "latency_device": lat.device_name}.items():
-            trial.set_user_attr(k, v)
-        limit = self.space.objective.max_latency_ms
-        if limit is not None and abs(lat.median_ms - limit) <= lat.iqr_ms:
-            trial.set_user_attr("latency_note", f"{lat.median_ms:.3f} ms is within the measurement noise "
-                                                f"({lat.iqr_ms:.3f} ms IQR) of the {limit:g} ms limit")
-        return lat
-
-    def _run(self, trial: optuna.Trial):
-        from prune_nas.core.cost import count
-        from prune_nas.training.runs import RunSpec, run
-
-        space, attrs = self.space, trial.user_attrs
-        params = {p.name: trial.suggest_float(p.name, p.lo, p.hi, step=p.step) for p in space.param_defs()}
-        origin = attrs.get("origin", "sampled")
-        if "genome" in attrs:
-            genome = genome_from_attr(attrs["genome"])
-        else:
-            genome = space.genome(params, name=f"{space.name}-t{trial.number}")
-        seed = int(attrs.get("seed", 0))
-        cost = count(genome)
-        spec = RunSpec(genome, space.dataset, self.protocol, self.budget, seed)
-        budget = spec.resolved_budget()
-        info = {"origin": origin, "seed": seed, "genome_key": genome.key, "genome_name": genome.name,
-                "budget": budget["kind"], "epochs": budget["epochs"], "params": cost.params,
-                "flops": cost.flops, "dataset": space.dataset, "run_key": spec.key,
-                "result": str(self.store.path_for(spec.key))}
-        if "genome" not in attrs:
-            info["genome"] = genome_attr(genome)
-        for k, v in info.items():
-            trial.set_user_attr(k, v)
-        head = (f"trial {trial.number} [{origin}, seed {seed}] {genome.name or genome.key}: "
-                f"{human(cost.params)} params, {human(cost.flops)} FLOPs")
-        over = {what: (getattr(cost, what) - limit) / limit for what, limit in self.limits.items()}
-        bad = [f"{what} {human(getattr(cost, what))} > {human(self.limits[what])}"
-               for what, v in over.items() if v > 0]
-        latency_ms = None
-        if space.objective.needs_latency:
-            lat = self._latency(trial, genome)
-            latency_ms = lat.median_ms
-            head += f", {latency_ms:.3f} ms"
-            limit = space.objective.max_latency_ms
-            if limit is not None:
-                over["latency_ms"] = (latency_ms - limit) / limit
-                if latency_ms > limit:
-                    bad.append(f"latency {latency_ms:.3f} ms > {limit:g} ms")
-        for what, v in over.items():
-            trial.set_constraint(f"max_{what}", v)
-        if bad:
-            msg = "infeasible, not trained: " + ", ".join(bad)
-            trial.set_user_attr("infeasible", msg)
-            self.log(f"{head}: {msg}")
-            return self._values(0.0, cost, latency_ms)
-        reused = spec.key in self.store
-        epochs = budget["epochs"]
-        self.log(f"{head}: " + ("reusing the stored run" if reused else f"training {epochs} epochs"))
-        callbacks = [_EarlyStopping(trial)] if not space.objective.multi and space.early_stopping else []
-        record = run(spec, self.store, device=self.device, progress=self.progress, callbacks=callbacks,
-                     dataset=None if reused else self.dataset(genome), desc=f"trial {trial.number}")
-        if record["status"] != "ok":
-            reason = record.get("reason") or "training failed"
-            trial.set_user_attr("fail_reason", reason)
-            self.log(f"trial {trial.number}: FAILED ({reason})")
-            raise TrainingFailed(reason)
-        acc = float(record["final_top1"])
-        for k, v in {"accuracy": acc, "best_accuracy": record.get("best_top1"), "reused": reused,
-                     "wall_time_s": record.get("wall_time_s")}.items():
-            trial.set_user_attr(k, v)
-        how = "reused" if reused else f"trained in {record.get('wall_time_s') or 0:.0f}s"
-        self.log(f"trial {trial.number}: test top-1 {100 * acc:.2f}% ({epochs} epochs, {how})")
-        if seed == 0 and space.seeds > 1 and origin == "sampled":
-            _enqueue_replicates(trial, genome.key, space.seeds)
-        return self._values(acc, cost, latency_ms)
-
-
-def _enqueue_replicates(trial: optuna.Trial, key: str, seeds: int) -> None:
-    study = trial.study
-    have = {t.user_attrs.get("seed") for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("genome_key") == key and t.state != TrialState.FAIL}
-    for s in range(1, seeds):
-        if s not in have:
-            attrs = {"origin": "sampled", "seed": s, "genome_key": key, "replicate_of": trial.number}
-            study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 
 def _requeue(trial: optuna.Trial, why: str, strict: bool = False) -> None:
@@ -620,6 +434,25 @@ def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the block is done, then act as usual. A signal that comes before the
+    block leaves the trial RUNNING instead, and its silent heartbeat gets it retried."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in held[:1]:
+            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
@@ -687,9 +520,11 @@ def run_trial(study: optuna.Study, evaluator: "Evaluator", *, patience_s: float,
                 again(lambda: _requeue(trial, "storage unreachable", strict=True))
                 again(lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
             return
-        except BaseException:
-            with contextlib.suppress(Exception):  # already requeued by the evaluator
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        except BaseException as e:  # Ctrl-C, SIGTERM, a user error, a lost rank: give the trial back
+            with _signals_held():  # a second signal (the launcher's SIGTERM) must not cut this in half
+                _requeue(trial, f"{type(e).__name__}: {e}".strip(": "))
+                with contextlib.suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
     frozen = again(lambda: storage.get_trial(trial._trial_id))
     if frozen.state != TrialState.RUNNING:
@@ -747,6 +582,7 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
             break
         waited = False
         run_trial(study, evaluator, patience_s=patience_s, log=log, resume=resume)
+    release_followers()
     return len(evaluator.ran)
 
 

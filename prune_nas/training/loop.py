@@ -145,7 +145,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     replicas = distributed.attach(step, model, device)  # None unless this process is one of several ranks
     history = TrainHistory()
     first_epoch, earlier_s = 0, 0.0
-    saved = checkpoint.load() if checkpoint is not None else None
+    # Rank 0's checkpoint for every rank: under torchrun on several machines the others may not see its file.
+    saved = distributed.on_writer(checkpoint.load) if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         step.load_state_dict(saved["step"])
