@@ -74,7 +74,7 @@ def _valid_dict():
     (lambda d: d.__setitem__("blocks", [3, 3]), "blocks"),
     (lambda d: d.__setitem__("num_classes", 0), "num_classes"),
     (lambda d: d.__setitem__("version", 7), "version"),
-    (lambda d: d.pop("widths"), "(top level)"),
+    (lambda d: d.pop("widths"), "widths"),  # missing
     (lambda d: d["widths"].__setitem__("stage1", "16"), "widths.stage1"),
 ])
 def test_bad_genomes_name_the_field(mutate, field):

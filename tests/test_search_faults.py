@@ -51,8 +51,10 @@ def test_worker_paused_past_the_grace_moves_on(tmp_path):
     home = tmp_path / "home"
     create_study(space, url, trials=3, heartbeat=1, grace=3, log=quiet)
 
+    storage = studies.open_storage(url, "tiny")  # waits out the workers' write locks (a bare URL: 5 s)
+
     def trials():
-        return optuna.load_study(study_name="tiny", storage=url).trials
+        return optuna.load_study(study_name="tiny", storage=storage).trials
 
     a = start_worker("tiny", url, home, tmp_path / "a.log")
     b = None

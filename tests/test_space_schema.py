@@ -68,7 +68,7 @@ def test_objectives_and_constraints_spell_the_same_objective_and_round_trip():
     ("width: .inf", "width", "numbers must be finite"),
     ("objective: {maximize: accuracy, max_latency_ms: -1}", "objective.max_latency_ms", "must be > 0"),
     ("objectives: [accuracy, speed]", "objectives[1]", "must be one of accuracy, flops, params, latency"),
-    ("objectives: [accuracy, accuracy]", "objectives", "twice"),
+    ("objectives: [accuracy, accuracy]", "objectives", "repeated item"),
     ("colour: blue", "colour", "unknown key"),
     ("sampler: {kind: tpe, sed: 1}", "sampler.sed", "did you mean seed?"),
     ("uniform: [0.5, 1.5]", "uniform[1]", "must be < 1"),

@@ -19,8 +19,6 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -237,24 +235,22 @@ def _hash(d: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.files("prune_nas.core.schema").joinpath("genome.schema.json").read_text())
+    """The genome JSON Schema (``prune_nas/core/schema/genome.schema.json``)."""
+    from prune_nas.core.schemas import validator
+
+    return validator("genome").schema
 
 
 def _check_schema(data: Any) -> None:
-    import jsonschema
-
+    from prune_nas.core.schemas import first_error
     from prune_nas.core.userfiles import check_depth
 
     check_depth(data, "genome")  # a dict built in memory (a trial attribute) is checked like a file
-
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path))))
-    if errors:
-        e = errors[0]
-        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise GenomeError(where, e.message)
+    bad = first_error(data, "genome")
+    if bad is not None:
+        where, problem = bad
+        raise GenomeError(where or "(top level)", problem)
 
 
 def validate(genome: Genome) -> None:

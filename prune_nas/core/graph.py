@@ -36,6 +36,11 @@ class WidthGroups:
     def stage(self, group: str) -> int:
         return self.slots[self.members[group][-1]].stage
 
+    @property
+    def n_stages(self) -> int:
+        """The resolution stages, numbered from 1: the last group's stage is the highest."""
+        return max(self.stage(g) for g in self.names)
+
     def expand(self, widths) -> dict[str, int]:
         """Per-slot widths from per-group widths."""
         return {slot: widths[group] for slot, group in self.slot_group.items()}

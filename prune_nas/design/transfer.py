@@ -68,8 +68,7 @@ def n_stages(model: str | Genome, blocks: Sequence[int] | None = None) -> int:
     input size, so transfer counts the target genome's own)."""
     genome = model if isinstance(model, Genome) else \
         base_genome(model, blocks=tuple(blocks) if blocks else None)
-    g = genome.groups
-    return max(g.stage(n) for n in g.names)
+    return genome.groups.n_stages
 
 
 def stage_map(source_stages: int, target_stages: int) -> dict[int, int]:

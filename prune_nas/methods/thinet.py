@@ -88,7 +88,7 @@ class ThiNet(ReconstructionMethod):
         keep, notes = super().targets(genome, ratio, config)
         if config is None and genome.family == "vgg":
             groups = genome.groups
-            last = max(groups.stage(g) for g in groups.names)
+            last = groups.n_stages
             keep = {g: w for g, w in keep.items() if groups.stage(g) != last}
         return keep, notes
 

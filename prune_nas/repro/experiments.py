@@ -96,21 +96,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from prune_nas.core.errors import UserError
 from prune_nas.core.paths import bundled_dir, output_dir
+from prune_nas.core.schemas import first_error, validator
 
 FORMAT = "prune-nas.experiment"
 VERSION = 1
@@ -289,7 +288,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
 @lru_cache(maxsize=1)
 def schema() -> dict:
     """The spec's JSON Schema (``prune_nas/core/schema/spec.schema.json``): every key, type and bound."""
-    return json.loads(resources.files("prune_nas.core.schema").joinpath("spec.schema.json").read_text())
+    return validator("spec").schema
 
 
 def parse_spec(raw: Any, path: str | os.PathLike | None = None) -> Spec:
@@ -303,7 +302,9 @@ def parse_spec(raw: Any, path: str | os.PathLike | None = None) -> Spec:
 
     if not isinstance(raw, dict):
         fail("", "the spec must be a YAML mapping")
-    _check_schema(raw, fail)
+    bad = first_error(raw, "spec")
+    if bad is not None:
+        fail(*bad)
     for s in SCALES:
         if raw["scales"][s] is None:
             raw["scales"][s] = {}
@@ -313,97 +314,6 @@ def parse_spec(raw: Any, path: str | os.PathLike | None = None) -> Spec:
     for s in SCALES:
         _plan(spec, s)
     return spec
-
-
-# ---- schema errors, as one line ---------------------------------------------------------------------------
-def _check_schema(raw: dict, fail) -> None:
-    import jsonschema
-
-    bad = _non_finite(raw)
-    if bad is not None:
-        fail(_field(bad), "must be a finite number")
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(raw),
-                    key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]))
-    if errors:
-        at, problem = _explain(errors[0])
-        fail(_field(at), problem)
-
-
-def _non_finite(value: Any, at: tuple = ()) -> list | None:
-    """The path of the first NaN or infinity (YAML's .nan / .inf), which JSON Schema bounds let through."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return list(at)
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _non_finite(v, (*at, k))
-        if found is not None:
-            return found
-    return None
-
-
-def _field(at: Sequence) -> str:
-    """``["scales", "smoke", "rows", 0, "model"]`` -> ``scales.smoke.rows[0].model``."""
-    out = ""
-    for p in at:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "a list",
-          "object": "a mapping", "boolean": "true or false", "null": "empty"}
-_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-
-
-def _explain(e) -> tuple[list, str]:
-    """A schema error as (path, problem). A subschema's ``x-error`` says what the value must be."""
-    import difflib
-
-    at, v, kw, want = list(e.absolute_path), e.instance, e.validator, e.validator_value
-    hint = e.schema.get("x-error") if isinstance(e.schema, dict) else None
-    got = f", got {_short(v)}"
-    if hint:
-        return at, hint + got
-    if kw in ("anyOf", "oneOf"):
-        # Errors inside a branch of the value's own type say more than "matches no branch".
-        inner = [c for c in e.context if c.validator != "type" or c.relative_path]
-        if inner:
-            return _explain(min(inner, key=lambda c: len(c.absolute_path)))
-        types = [t for c in e.context for t in ([c.validator_value] if isinstance(c.validator_value, str)
-                                                 else c.validator_value)]
-        return at, f"must be {' or '.join(dict.fromkeys(_TYPES.get(t, t) for t in types))}{got}"
-    if kw == "additionalProperties":
-        allowed = list(e.schema.get("properties", {}))
-        key = next(k for k in v if k not in allowed)
-        close = difflib.get_close_matches(str(key), allowed, n=1)
-        return at + [key], (f"unknown key{f' (did you mean {close[0]}?)' if close else ''}; "
-                            f"allowed: {', '.join(allowed)}")
-    if kw == "required":
-        missing = next(k for k in want if k not in v)
-        return at + [missing], "missing"
-    if kw == "const":
-        return at, f"must be {want!r}{got}"
-    if kw == "enum":
-        name = next((p for p in reversed(at) if isinstance(p, str)), "value")
-        return at, f"unknown {name} {_short(v)}; use one of {', '.join(map(str, want))}"
-    if kw == "type":
-        types = [want] if isinstance(want, str) else want
-        return at, f"must be {' or '.join(_TYPES.get(t, t) for t in types)}{got}"
-    if kw in _BOUNDS:
-        return at, f"must be {_BOUNDS[kw]} {want:g}{got}"
-    if kw == "minItems":
-        return at, f"needs at least {want} item{'s' * (want != 1)}"
-    if kw in ("maxItems", "maxProperties"):
-        return at, f"takes at most {want} entries, got {len(v)}"
-    if kw == "uniqueItems":
-        return at, f"has a repeated item{got}"
-    if kw == "maxLength":
-        return at, f"is longer than {want} characters"
-    return at, e.message
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ---- plans ------------------------------------------------------------------------------------------------

@@ -60,10 +60,9 @@ e.g. ``vgg11-digits.yaml: budget: must be one of epochs, flops, or a mapping of 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -340,96 +339,9 @@ def list_spaces() -> list[Path]:
 
 def schema() -> dict:
     """The search-space file schema (``prune_nas/core/schema/space.schema.json``)."""
-    return _validator().schema
+    from prune_nas.core.schemas import validator
 
-
-@lru_cache(maxsize=1)
-def _validator():
-    """A Draft 2020-12 validator of the space schema whose ``number`` is finite (no NaN, no infinity) and
-    whose ``integer`` is a Python int (not 2.0, not a bool), so the schema's bounds mean what they say."""
-    import json
-    from importlib import resources
-
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-    types = base.TYPE_CHECKER.redefine_many({
-        "number": lambda _, v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-        "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-    })
-    cls = jsonschema.validators.extend(base, type_checker=types)
-    text = resources.files("prune_nas.core.schema").joinpath("space.schema.json").read_text()
-    return cls(json.loads(text))
-
-
-_TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a string", "object": "a mapping",
-               "array": "a list", "boolean": "true or false", "null": "empty"}
-
-
-def _schema_error(d: Any, where: str) -> SpaceError | None:
-    """The first (shallowest) schema violation of ``d`` as one line naming the field, or None."""
-    errors = sorted(_validator().iter_errors(d),
-                    key=lambda e: (len(e.absolute_path), _field(e.absolute_path)))
-    if not errors:
-        return None
-    e = errors[0]
-    path, value, keyword = list(e.absolute_path), e.instance, e.validator
-    override = (e.schema.get("x-messages") or {}).get(keyword) if isinstance(e.schema, dict) else None
-    if keyword == "additionalProperties":
-        import difflib
-
-        known = sorted(e.schema.get("properties", {}))
-        extra = min(str(k) for k in value if k not in known)
-        close = difflib.get_close_matches(extra, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return SpaceError(where, _field([*path, extra]), f"unknown key{hint}; known: {', '.join(known)}")
-    if keyword == "required":
-        missing = next(k for k in e.validator_value if k not in value)
-        return SpaceError(where, _field([*path, missing]), "required")
-    if override:
-        problem = override if keyword in ("minProperties", "not") else f"{override}, got {value!r}"
-    elif keyword == "type":
-        wanted = [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
-        problem = f"must be {' or '.join(_TYPE_WORDS.get(t, t) for t in wanted)}, got {value!r}"
-        if isinstance(value, str) and _looks_numeric(value):
-            problem += " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
-    elif keyword == "enum":
-        problem = f"must be one of {', '.join(map(str, e.validator_value))}, got {value!r}"
-    elif keyword == "const":
-        problem = f"must be {e.validator_value!r}, got {value!r}"
-    elif keyword in _BOUNDS:
-        problem = f"must be {_BOUNDS[keyword]} {e.validator_value:g}, got {value!r}"
-    elif keyword == "uniqueItems":
-        problem = f"lists an item twice: {value!r}"
-    elif keyword == "minLength":
-        problem = "must not be empty"
-    else:
-        problem = e.message
-    return SpaceError(where, _field(path), problem)
-
-
-_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
-           "minItems": "a list of at least", "maxItems": "a list of at most"}
-
-
-def _field(path) -> str:
-    """``["uniform", 0]`` -> ``uniform[0]``; ``["budget", "kind"]`` -> ``budget.kind``; a key that is not a
-    plain name (a user's, e.g. with a newline) is quoted, so the message stays one line."""
-    import re
-
-    out = ""
-    for p in path:
-        p = p if isinstance(p, int) or re.fullmatch(r"[\w*.-]+", str(p), re.ASCII) else repr(p)
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return validator("space").schema
 
 
 def _parse(d: Any, where: str, default_name: str) -> Space:
@@ -440,9 +352,11 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
 
     if not isinstance(d, dict):
         raise err("", "must be a mapping (key: value lines)")
-    bad = _schema_error(d, where)
+    from prune_nas.core.schemas import first_error
+
+    bad = first_error(d, "space")
     if bad is not None:
-        raise bad
+        raise err(*bad)
     from prune_nas.core.arch import MODELS
     from prune_nas.core.generic.refs import is_generic_ref
     from prune_nas.training.data import NUM_CLASSES
