@@ -178,6 +178,52 @@ def test_rank_0s_early_stopping_verdict_stops_every_rank_at_the_same_epoch(tmp_p
     assert json.loads(Path(f"{out}.1").read_text()) == [[0, "StoppedByRank0"], [1, "StoppedByRank0"]]
 
 
+def _patient(rank: int, init: str, url: str, store: str) -> None:
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from prune_nas.search.objective import follow
+    from prune_nas.search.studies import load_study, work
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=3))
+    try:
+        if rank == 0:
+            study, space = load_study("wait", url, heartbeat=60)
+            work(study, space, store=store, poll_s=0.5, log=lambda s: None)
+        else:
+            follow(store, device="cpu")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_outwait_the_broadcast_timeout_while_other_workers_finish(tmp_path):
+    import threading
+
+    import torch.multiprocessing as mp
+
+    from prune_nas.search.spaces import Space
+    from prune_nas.search.studies import create_study
+
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    space = Space.from_dict({**EARLY_STOPPING_SPACE, "name": "wait", "early_stopping": False})
+    study = create_study(space, url, trials=1, heartbeat=60, enqueue=False, log=lambda s: None)
+    # The study's one trial runs on another worker (this process) for 8 s; the ranks' process group gives up
+    # on a broadcast after 3 s, so the other rank must hear from rank 0 while rank 0 waits for that trial.
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: asked outside Study.optimize
+        trial = study.ask()
+    finish = threading.Timer(8, lambda: study.tell(trial, 0.5))
+    finish.start()
+    try:
+        mp.spawn(_patient, args=(f"file://{tmp_path / 'rdzv'}", url, str(tmp_path / "store")), nprocs=2)
+    finally:
+        finish.join()
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
 def test_killing_a_rank_of_a_worker_gives_its_trial_back(tmp_path, rank_pid):
     from prune_nas.search.spaces import Space
     from prune_nas.search.studies import _fail_stale, create_study, load_study

@@ -8,10 +8,12 @@ together as one DistributedDataParallel run (:func:`prune_nas.training.runs.run`
 depend on the number of ranks, rank 0 alone writes). Early stopping is decided by rank 0 and sent to the
 others at each epoch's end, so every rank stops at the same step. The other ranks (:func:`follow`) never
 open the study's storage: on several machines only rank 0's has to reach the database. When the study is
-done rank 0 sends ``None`` (:func:`release_followers`) and they return. A rank that dies fails the launch
-(the launcher stops the others); the trial being trained goes back to the study's queue, given back by
-rank 0 (:func:`prune_nas.search.studies.run_trial`) or, if rank 0 was killed first, retried once its
-heartbeat falls silent.
+done rank 0 sends ``None`` (:func:`release_followers`) and they return; while it has no candidate for them
+it says so at every turn of its loop (:func:`keep_followers`), so no rank sits in one broadcast for longer
+than the process group's timeout. A rank that dies fails the launch (the launcher stops the others); the
+trial being trained goes back to the study's queue, given back by rank 0
+(:func:`prune_nas.search.studies.run_trial`) or, if rank 0 was killed first, retried once its heartbeat
+falls silent.
 """
 
 from __future__ import annotations
@@ -149,6 +151,13 @@ def train(job: Job, store: Store, datasets: Datasets, *, device: str, progress: 
                desc=job.desc)
 
 
+# Rank 0's word to the other ranks when it has no candidate for them yet (it waits for other workers' last
+# trials, or draws candidates that are infeasible): they wait for the next word. Sent at every turn of the
+# worker's loop, so that no rank waits in one broadcast longer than a turn: a broadcast fails after
+# distributed.TIMEOUT, and waiting for another machine's last trial can take hours.
+WAIT = "wait"
+
+
 def follow(store, *, device: str, data_dir=None, download: bool = False) -> int:
     """What the ranks other than 0 of a ``--nproc`` worker do: train, together with rank 0, each candidate it
     sends, until it sends ``None`` (the study is done). Returns how many candidates this rank trained."""
@@ -157,11 +166,18 @@ def follow(store, *, device: str, data_dir=None, download: bool = False) -> int:
     store = store if isinstance(store, Store) else Store(store)
     datasets = Datasets(data_dir, download)
     n = 0
-    while (job := distributed.broadcast(None)) is not None:
+    while (word := distributed.broadcast(None)) is not None:
+        if word == WAIT:
+            continue
         with contextlib.suppress(StoppedByRank0):
-            train(job, store, datasets, device=device, progress=False)
+            train(word, store, datasets, device=device, progress=False)
         n += 1
     return n
+
+
+def keep_followers() -> None:
+    """Rank 0 of a ``--nproc`` worker, at each turn of its loop: no candidate yet (a no-op alone)."""
+    distributed.broadcast(WAIT)
 
 
 def release_followers() -> None:

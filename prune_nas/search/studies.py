@@ -79,6 +79,7 @@ from prune_nas.search.objective import (
     TrainingFailed,
     TrialTaken,
     genome_attr,
+    keep_followers,
     release_followers,
     storage_errors,
 )
@@ -566,6 +567,7 @@ def work(study: optuna.Study, space: Space, *, trials: int | None = None, store=
         max_infeasible = INFEASIBLE_PER_TRIAL * max(target, 1) + INFEASIBLE_SLACK
     waited = False
     while True:
+        keep_followers()
         again(lambda: _fail_stale(study))
         c = counts(again(lambda: study.get_trials(deepcopy=False)))
         if c.waiting == 0 and c.settled + c.running >= target:
