@@ -231,6 +231,30 @@ def test_every_method_emits_a_valid_genome(method, tiny_trained, tmp_path):
         prune_nas.build(g, masks=False).load_state_dict(result.state_dict, strict=True)
 
 
+def test_generic_baselines_take_sparsity_and_like(tiny_trained):
+    from prune_nas.methods import get_method
+    from prune_nas.methods.magnitude import densities
+
+    base, net, _ = tiny_trained
+    uniform, random_ = (get_method(n).for_genome(base) for n in ("uniform", "random"))
+    # uniform --sparsity: every conv keeps the same fraction of its weights, exactly (random masks).
+    sparse = uniform.prune(base, None, ratio=0.75, sparsity=True, seed=1)
+    assert sparse.genome.widths == base.widths and sparse.masks
+    assert list(densities(sparse.masks).values()) == pytest.approx([0.25] * len(sparse.masks), abs=0.02)
+    Genome.from_json(sparse.genome.to_json())
+    # uniform --like: uniform widths matched to another genome's params; random --like: its widths.
+    other = base.replace(widths={**base.widths, "inner": 3, "down.0": 5})
+    matched = uniform.prune(base, None, like=other).genome
+    assert abs(count(matched).params / count(other).params - 1) < 0.1
+    drawn = random_.prune(base, net, like=other, seed=3)
+    assert drawn.genome.widths == other.widths and drawn.genome.provenance["params"]["like"]
+    prune_nas.build(drawn.genome, masks=False).load_state_dict(drawn.state_dict, strict=True)
+    with pytest.raises(UserError, match="does not combine"):
+        uniform.check(base, sparsity=True, like=other)
+    with pytest.raises(UserError, match="width groups"):
+        random_.check(base, like=other.replace(widths={"x": 1}))
+
+
 def test_builtin_only_methods_refuse_generic_models():
     from prune_nas.methods import get_method
 

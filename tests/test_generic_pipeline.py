@@ -100,12 +100,24 @@ def test_a_bad_generic_reference_in_a_space_names_the_field(tmp_path):
         Space.from_dict(generic_space(model="torchvision:no_such_net"))
 
 
-def test_a_generic_space_refuses_stage_sparsity():
-    from prune_nas.core.errors import UserError
+def test_a_generic_space_searches_per_stage_sparsity():
+    import prune_nas
+    from prune_nas.core.geometry import conv_ops
     from prune_nas.search.spaces import Space
 
-    with pytest.raises(UserError, match="stage_sparsity: is not available for generic models"):
-        Space.from_dict(generic_space(parameters={"stage_sparsity": {"range": [0.0, 0.5], "step": 0.25}}))
+    space = Space.from_dict(generic_space(parameters={"stage_sparsity": {"range": [0.0, 0.5], "step": 0.25}}))
+    names = [p.name for p in space.param_defs()]
+    assert names == ["sparsity.stage1", "sparsity.stage2", "sparsity.stage3", "sparsity.stage4"]
+    g = space.genome({"sparsity.stage3": 0.5})
+    stage = {n: op.stage for n, op in conv_ops(g).items()}
+    # Every conv of stage 3 (layer3, its shortcut included) keeps half its weights, the others all of them.
+    assert {n for n, s in stage.items() if s == 3} == {"layer3.0.conv1", "layer3.0.conv2", "layer3.1.conv1",
+                                                      "layer3.1.conv2", "layer3.0.downsample.0"}
+    assert g.sparsity.density == {n: 0.5 for n, s in stage.items() if s == 3}
+    net = prune_nas.build(g)
+    kept = float((net.get_submodule("layer3.0.conv1").weight != 0).float().mean())
+    assert kept == pytest.approx(0.5, abs=0.01)
+    assert space.project(g) == {n: 0.5 if n == "sparsity.stage3" else 0.0 for n in names}
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +176,39 @@ def test_mine_guide_and_transfer_resnet18_to_resnet34(resnet18_runs, tmp_path, c
         "torchvision-resnet18-synthetic-to-torchvision-resnet34-synthetic-slimming-0.4.json"))
     assert moved.model == "torchvision:resnet34" and moved.provenance["method"] == "transferred-pruning"
     assert abs(count(moved).params / count(r34).params - 0.4) < 0.02
+
+
+def test_mine_and_guide_sparse_on_generic_models(tmp_path, capsys):
+    """Weight pruning's pattern (per-stage densities) of ResNet-18, guiding ResNet-34's sparsity."""
+    import prune_nas
+    from prune_nas.core.geometry import conv_ops
+    from prune_nas.design.discover import discover
+
+    for seed in (0, 1):
+        discover("magnitude", model=RESNET18, dataset="synthetic", ratio=0.6, seed=seed, width=0.125,
+                 input_size=32, epochs=1, out_dir=tmp_path / "found", store_root=tmp_path / "store",
+                 progress=False, log=lambda s: None)
+    runs = sorted((tmp_path / "found").glob("*-magnitude-*.json"))
+    assert len(runs) == 2
+    pattern = tmp_path / "r18s.pattern.json"
+    assert main(["mine", *map(str, runs), "--out", str(pattern), "--no-plots"]) == 0
+    stages = {s["stage"]: s["density"] for s in json.loads(pattern.read_text())["sparse"]["stages"]}
+    assert sorted(stages) == [1, 2, 3, 4]
+    assert main(["guide", str(pattern), "--model", "torchvision:resnet34", "--sparse", "--sizes", "0.3",
+                 "--out-dir", str(tmp_path / "guided"), "--json"]) == 0
+    capsys.readouterr()
+    (guided,) = (load_genome(p) for p in (tmp_path / "guided").glob("*-0.3.json"))
+    r34 = base_genome("torchvision:resnet34", num_classes=10, input_size=32, width_mult=0.125)
+    assert guided.widths == r34.widths and abs(count(guided).params / count(r34).params - 0.3) < 0.01
+    ops = conv_ops(guided)
+    assert set(guided.sparsity.density) <= set(ops)
+    # Every ResNet-34 conv of a stage gets its source stage's density, all scaled by one factor (up to the
+    # rounding to whole weights of each layer's exact mask).
+    by_stage: dict[int, list[float]] = {}
+    for name, op in ops.items():
+        by_stage.setdefault(op.stage, []).append(guided.sparsity.density.get(name, 1.0))
+    factors = [d / stages[s] for s, ds in by_stage.items() for d in ds]
+    assert sorted(by_stage) == [1, 2, 3, 4] and max(factors) / min(factors) < 1.01, (by_stage, stages)
+    net = prune_nas.build(guided)
+    assert float((net.get_submodule("layer3.2.conv1").weight != 0).float().mean()) < 1
+

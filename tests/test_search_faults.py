@@ -51,9 +51,8 @@ def test_worker_paused_past_the_grace_moves_on(tmp_path):
     home = tmp_path / "home"
     create_study(space, url, trials=3, heartbeat=1, grace=3, log=quiet)
 
-    storage = studies.open_storage(url, "tiny")  # waits out the workers' write locks (a bare URL: 5 s)
-
-    def trials():
+    def trials():  # a storage of its own each time, as a URL gives, that waits out write locks 60 s, not 5
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         return optuna.load_study(study_name="tiny", storage=storage).trials
 
     a = start_worker("tiny", url, home, tmp_path / "a.log")

@@ -175,13 +175,16 @@ def _alive(genome, slot: str, keep: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _like_widths(genome: Genome, like) -> dict[str, int]:
+def like_widths(genome: Genome, like) -> dict[str, int]:
+    """The widths of genome ``like`` (a file or name), checked to fit ``genome``'s model."""
     from prune_nas.core.library import resolve_genome
 
     other = resolve_genome(like) if isinstance(like, str) else like
     if other.model != genome.model or tuple(other.blocks or ()) != tuple(genome.blocks or ()):
         raise UserError(f"--like {like}: that genome is a {other.model} (blocks {list(other.blocks or [])}), "
                         f"not a {genome.model} (blocks {list(genome.blocks or [])})")
+    if set(other.widths) != set(genome.widths):  # a generic model built with other fixed layers or kwargs
+        raise UserError(f"--like {like}: its width groups are not the model's (built with other model_args?)")
     wider = [g for g in genome.groups.names if other.widths[g] > genome.widths[g]]
     if wider:
         raise UserError(f"--like {like}: it is wider than the model in {', '.join(wider[:3])}")
@@ -227,36 +230,44 @@ class Uniform(_Baseline):
 
     def prune(self, genome, model=None, *, ratio=0.5, sparsity=False, like=None, seed=0, **_) -> PruneResult:
         self.check(genome, ratio=ratio, sparsity=sparsity, like=like)
-        ratio = 0.5 if ratio is None else float(ratio)
-        notes: list[str] = []
-        if sparsity:
-            small = uniform_sparsity_genome(genome, 1.0 - ratio, seed)
-            masks = random_masks(small, seed)
-            return _finish(
-                self, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
-                [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
-                masks=masks,
-            )
-        if like is not None:
-            from prune_nas.core.cost import count
-            from prune_nas.core.library import resolve_genome
+        return uniform_result(self, genome, ratio=ratio, sparsity=sparsity, like=like, seed=seed)
 
-            other = resolve_genome(like) if isinstance(like, str) else like
-            target = count(other).params
-            small = match_params(genome, target)
-            got = count(small).params
-            notes.append(f"matched {getattr(other, 'name', None) or like}: {got} params vs {target} "
-                         f"({(got - target) / target:+.2%})")
-            params = {"like": str(like), "target_params": target}
-        else:
-            small = uniform_genome(genome, 1.0 - ratio)
-            params = {"ratio": ratio}
-        floored = [g for g in genome.groups.names if small.widths[g] == 1 < genome.widths[g]]
-        if floored:
-            notes.append(
-                f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}"
-            )
-        return _finish(self, genome, small, params, notes)
+
+def uniform_result(method: Method, genome: Genome, *, ratio=0.5, sparsity: bool = False, like=None,
+                   seed: int = 0) -> PruneResult:
+    """Uniform pruning of ``genome`` (checked by the caller): every conv at density ``1 - ratio`` with exact
+    random masks (``sparsity``), the uniform widths whose params match genome ``like``, or every group at
+    ``1 - ratio`` of its channels. Family-free: the generic variant shares it."""
+    ratio = 0.5 if ratio is None else float(ratio)
+    notes: list[str] = []
+    if sparsity:
+        small = uniform_sparsity_genome(genome, 1.0 - ratio, seed)
+        masks = random_masks(small, seed)
+        return _finish(
+            method, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
+            [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
+            masks=masks,
+        )
+    if like is not None:
+        from prune_nas.core.cost import count
+        from prune_nas.core.library import resolve_genome
+
+        other = resolve_genome(like) if isinstance(like, str) else like
+        target = count(other).params
+        small = match_params(genome, target)
+        got = count(small).params
+        notes.append(f"matched {getattr(other, 'name', None) or like}: {got} params vs {target} "
+                     f"({(got - target) / target:+.2%})")
+        params = {"like": str(like), "target_params": target}
+    else:
+        small = uniform_genome(genome, 1.0 - ratio)
+        params = {"ratio": ratio}
+    floored = [g for g in genome.groups.names if small.widths[g] == 1 < genome.widths[g]]
+    if floored:
+        notes.append(
+            f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}"
+        )
+    return _finish(method, genome, small, params, notes)
 
 
 @register
@@ -271,14 +282,14 @@ class Random(_Baseline):
     def check(self, genome, ratio=0.5, like=None, **kwargs) -> None:
         super().check(genome)
         if like is not None:
-            _like_widths(genome, like)
+            like_widths(genome, like)
         else:
             check_ratio(0.5 if ratio is None else ratio)
 
     def prune(self, genome, model=None, *, ratio=0.5, like=None, seed=0, **_) -> PruneResult:
         self.check(genome, ratio=ratio, like=like)
         if like is not None:
-            widths, params = _like_widths(genome, like), {"like": str(like), "seed": seed}
+            widths, params = like_widths(genome, like), {"like": str(like), "seed": seed}
         else:
             ratio = 0.5 if ratio is None else float(ratio)
             widths, params = dict(uniform_genome(genome, 1.0 - ratio).widths), {"ratio": ratio, "seed": seed}

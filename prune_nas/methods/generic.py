@@ -155,9 +155,21 @@ class GenericUniform(GenericMethod):
     citation = REGISTRY["uniform"].citation
     target = "predefined"
     needs_training = False
-    params = (Param("ratio", 0.5, "fraction of channels removed from every group"),)
+    params = REGISTRY["uniform"].params
 
-    def prune(self, genome, model=None, *, ratio=0.5, **_) -> PruneResult:
+    def check(self, genome, ratio=0.5, sparsity=False, like=None, **kwargs) -> None:
+        Method.check(self, genome)
+        if like is not None and sparsity:
+            raise UserError("uniform: --like matches channel widths; it does not combine with --sparsity")
+        if like is None:
+            _ratio(ratio)
+
+    def prune(self, genome, model=None, *, ratio=0.5, sparsity=False, like=None, seed=0, **_) -> PruneResult:
+        from prune_nas.methods.baselines import uniform_result
+
+        self.check(genome, ratio=ratio, sparsity=sparsity, like=like)
+        if sparsity or like is not None:  # the built-in's arithmetic holds for any model
+            return uniform_result(self, genome, ratio=ratio, sparsity=sparsity, like=like, seed=seed)
         return _local(self, genome, None, ratio, None)
 
 
@@ -167,11 +179,29 @@ class GenericRandom(GenericMethod):
     citation = REGISTRY["random"].citation
     target = "predefined"
     needs_training = False
-    params = (Param("ratio", 0.5, "fraction of channels removed from every group"),)
+    params = REGISTRY["random"].params
 
-    def prune(self, genome, model=None, *, ratio=0.5, seed=0, **_) -> PruneResult:
-        return _local(self, genome, model, ratio, "random", seed=seed,
-                      params={"ratio": _ratio(ratio), "seed": seed})
+    def check(self, genome, ratio=0.5, like=None, **kwargs) -> None:
+        from prune_nas.methods.baselines import like_widths
+
+        Method.check(self, genome)
+        if like is not None:
+            like_widths(genome, like)
+        else:
+            _ratio(ratio)
+
+    def prune(self, genome, model=None, *, ratio=0.5, like=None, seed=0, **_) -> PruneResult:
+        from prune_nas.methods.baselines import like_widths
+
+        self.check(genome, ratio=ratio, like=like)
+        if like is None:
+            return _local(self, genome, model, ratio, "random", seed=seed,
+                          params={"ratio": _ratio(ratio), "seed": seed})
+        rng, widths = _random.Random(seed), like_widths(genome, like)
+        keep = {g: sorted(rng.sample(range(int(genome.widths[g])), int(widths[g])))
+                for g in genome.groups.names}
+        return finish(self, genome, model, keep, {"like": str(like), "seed": seed},
+                      [f"random channels at the widths of {like} (seed {seed})"])
 
 
 class GenericL1Norm(GenericMethod):

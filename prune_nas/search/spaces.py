@@ -422,9 +422,6 @@ def _parse(d: Any, where: str, default_name: str) -> Space:
         base = space.base
     except UserError as e:
         raise err("model", str(e)) from None
-    if "stage_sparsity" in parsed and base.family == "generic":
-        raise err("parameters.stage_sparsity", f"is not available for generic models ({model}) yet; use "
-                                               "stage_multiplier or layer_width")
     if "layer_width" in parsed and not space.width_groups():
         raise err("parameters.layer_width.groups", f"matches none of {base.model}'s width groups "
                                                    f"({', '.join(base.groups.names[:6])}, ...)")

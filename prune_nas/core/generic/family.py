@@ -8,6 +8,7 @@ not exceed the base model's (``select_limits``), and there are no blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,25 @@ def generic_spec(model: str, model_args: Mapping[str, Any] | None, num_classes: 
                      in_channels=in_channels,
                      config={"kwargs": dict(args.get("kwargs", {})), "fixed": list(args.get("fixed", ()))},
                      summary=f"{model} (analysed with Torch-Pruning)")
+
+
+def _with_stages(ops: list[Op], group_stage: Mapping[str, int]) -> list[Op]:
+    """Convs numbered by stage as their groups are (per-stage sparsity and kernel maps read it): a conv's
+    stage is the stage of the group it writes; a conv that writes none (a fixed layer, a depthwise conv)
+    takes the stage of the groups written at its output resolution, or at the nearest one."""
+    at_side: dict[int, int] = {}
+    for op in ops:
+        if op.kind == "conv" and op.out_slot in group_stage:
+            at_side.setdefault(op.hw, group_stage[op.out_slot])
+
+    def stage_of(op: Op) -> int:
+        if op.out_slot in group_stage:
+            return group_stage[op.out_slot]
+        if not at_side:
+            return 1
+        return at_side[min(at_side, key=lambda hw: (abs(math.log(hw / op.hw)), hw))]
+
+    return [dataclasses.replace(op, stage=stage_of(op)) if op.kind == "conv" else op for op in ops]
 
 
 class GenericFamily(Family):
@@ -56,7 +76,7 @@ class GenericFamily(Family):
                 ops.append(Op(layer, "linear", shape[1], shape[0], 1, 1, bias, out_slot=writer.get(layer)))
             elif layer in norm:
                 ops.append(Op(layer, "bn", shape[0], shape[0], out_slot=norm[layer]))
-        return ops
+        return _with_stages(ops, {g.name: g.stage for g in analysis.groups})
 
     def build(self, spec: ModelSpec, blocks, widths: Mapping[str, int], input_size: int, in_channels: int,
               num_classes: int):
