@@ -311,6 +311,39 @@ def test_interrupted_run_resumes_and_reuses_finished_runs(tmp_path, monkeypatch)
     assert [r["key"] for r in again["runs"]] == [r["key"] for r in m["runs"]]
 
 
+def test_a_pruned_column_measures_the_pruned_model_untrained(tmp_path):
+    """Sparse Structure Selection's column: the pruned model with its inherited weights, no fine-tuning."""
+    from prune_nas.core.genome import load_genome
+    from prune_nas.repro.report import comparison_cells, comparison_markdown
+    from prune_nas.training.data import load_dataset
+    from prune_nas.training.loop import evaluate_model
+    from prune_nas.training.runs import RunSpec, init_model
+
+    raw = json.loads(json.dumps(TINY))
+    raw["budgets"] = ["pruned", "scratch-e"]
+    raw["rows"][0]["reported"] = {"pruned": 10.0, "scratch-e": 12.0}
+    for sc in raw["scales"].values():
+        sc["seeds"] = 1
+    spec = parse_spec(raw, tmp_path / "tiny.yaml")
+    out = run_experiment(spec, "smoke", progress=False, log=lambda s: None)
+    m = load_manifest(out)
+    assert [r["role"] for r in m["runs"]] == ["prune", "unpruned", "pruned", "scratch-e"]
+    prune, pruned = m["runs"][0], m["runs"][2]
+    assert pruned["status"] == "ok" and pruned["epochs"] == 0 and pruned["init"] == "finetune"
+    genome = load_genome(out.parent / "genomes" / f"{prune['genome']}.json")
+    data = load_dataset("synthetic", input_size=16)
+    model = init_model(RunSpec(genome, "synthetic", init="finetune"))
+    assert pruned["final_top1"] == evaluate_model(model, data)["top1"]
+    table = comparison_cells(m)
+    md = comparison_markdown(m, table)
+    assert "| Pruned | Fine-tuned | Scratch-E | Scratch-B |" in md and md.count("n/a") == 2
+    assert "vs Pruned" in table[0]["cells"]["scratch-e"]["test"]
+    from prune_nas.repro.compare import paper_vs_ours
+
+    verdict = paper_vs_ours(m, table)[0]["verdict"]
+    assert verdict["paper"] is True and verdict["paper_why"] == "Scratch-E 12.00 vs Pruned 10.00"
+
+
 def test_table4_smoke_end_to_end(tmp_path, capsys):
     """The default suite's end-to-end smoke run: `prune-nas run` then `prune-nas report`."""
     spec = ROOT / "experiments" / f"{END_TO_END}.yaml"

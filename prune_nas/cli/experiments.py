@@ -167,8 +167,10 @@ def _schedule_line(s: dict, kind: str, row) -> str:
     drops = ", ".join(map(str, s["lr_milestones"])) or "none"
     line = (f"seeds {span} ({len(seeds)}); {s['epochs']} epochs, lr {s['lr']:g} x{s['lr_gamma']:g} at epochs "
             f"{drops}, batch {s['batch_size']}")
-    if kind == "comparison":
+    if kind == "comparison" and "finetune" in row.budgets:
         line += f"; fine-tune {s['finetune_epochs']} epochs at lr {s['finetune_lr']:g}"
+    if kind == "comparison" and "pruned" in row.budgets:
+        line += "; Pruned column: the pruned model, no fine-tuning"
     if kind == "comparison" and "scratch-b" in row.budgets or kind in ("efficiency", "guided") \
             and row.budget == "scratch-b":
         b = s["scratch_b"]

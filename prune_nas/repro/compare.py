@@ -22,9 +22,17 @@ import csv
 import io
 from typing import Any
 
-PRUNED = ("finetune", "scratch-e", "scratch-b")
+# "pruned": the pruned model as it comes out of pruning, no fine-tuning (Sparse Structure Selection's column).
+PRUNED = ("pruned", "finetune", "scratch-e", "scratch-b")
 COLUMNS = ("unpruned", *PRUNED)
-HEAD = {"unpruned": "Unpruned", "finetune": "Fine-tuned", "scratch-e": "Scratch-E", "scratch-b": "Scratch-B"}
+HEAD = {"unpruned": "Unpruned", "pruned": "Pruned", "finetune": "Fine-tuned", "scratch-e": "Scratch-E",
+        "scratch-b": "Scratch-B"}
+
+
+def baseline_column(budgets) -> str:
+    """The column the scratch columns are tested against: Fine-tuned, or Pruned where a row has no
+    fine-tuning (Sparse Structure Selection)."""
+    return "pruned" if "finetune" not in budgets and "pruned" in budgets else "finetune"
 
 
 def paper_value(v: Any) -> dict | None:
@@ -72,14 +80,16 @@ def paper_vs_ours(m: dict, table: list[dict]) -> list[dict]:
 
 
 def verdict(ours: dict, paper: dict) -> dict:
-    """The paper's conclusion for one row (scratch >= fine-tuned), in the paper's numbers and in ours."""
+    """The paper's conclusion for one row (scratch >= fine-tuned, or >= pruned for a row without fine-tuning),
+    in the paper's numbers and in ours."""
 
     def holds(v: dict) -> tuple[bool | None, str]:
         scratch = [(v[c], c) for c in ("scratch-e", "scratch-b") if v.get(c) is not None]
-        if v.get("finetune") is None or not scratch:
+        ref = baseline_column(v)  # the row's columns
+        if v.get(ref) is None or not scratch:
             return None, ""
         best, col = max(scratch)
-        return best >= v["finetune"], f"{HEAD[col]} {best:.2f} vs Fine-tuned {v['finetune']:.2f}"
+        return best >= v[ref], f"{HEAD[col]} {best:.2f} vs {HEAD[ref]} {v[ref]:.2f}"
 
     p, p_why = holds(paper)
     o, o_why = holds(ours)

@@ -40,7 +40,8 @@ rows. Settings:
 ``dataset``         digits, synthetic, cifar10, cifar100, imagenet
 ``width``           width multiplier of the large model (default 1)
 ``input_size``      input resolution (default: the model's, 32 CIFAR / 224 ImageNet)
-``budgets``         comparison columns: any of finetune, scratch-e, scratch-b (default all three)
+``budgets``         comparison columns: any of pruned (no fine-tuning), finetune, scratch-e, scratch-b
+                    (default: the last three)
 ``budget``          efficiency / guided curves: scratch-e (default) or scratch-b
 ``cap``             Scratch-B cap on the FLOPs ratio: a number, ``none``, or ``imagenet`` (2; the default
                     on ImageNet)
@@ -117,7 +118,10 @@ MANIFEST_FORMAT = "prune-nas.experiment-run"
 MANIFEST_VERSION = 1
 KINDS = ("comparison", "widths", "efficiency", "kernels", "guided")
 SCALES = ("smoke", "small", "paper")
-BUDGETS = ("finetune", "scratch-e", "scratch-b")
+BUDGETS = ("pruned", "finetune", "scratch-e", "scratch-b")
+# "pruned" (the pruned model with its inherited weights, not trained further) is asked for by name: Sparse
+# Structure Selection's column.
+DEFAULT_BUDGETS = ("finetune", "scratch-e", "scratch-b")
 SERIES = ("pruned", "uniform", "guided", "transferred")
 # Comparison rows may also train, per seed and at Scratch-B, architectures matched to that seed's pruned
 # genome: uniform pruning at its params or FLOPs, and a random architecture at its params
@@ -148,7 +152,7 @@ class Row:
     width: float = 1.0
     input_size: int | None = None
     cap: float | None = None
-    budgets: tuple[str, ...] = BUDGETS
+    budgets: tuple[str, ...] = DEFAULT_BUDGETS
     budget: str = "scratch-e"
     ratios: tuple[float, ...] = ()
     series: tuple[str, ...] = ()
@@ -402,7 +406,7 @@ def _row(spec: Spec, scale: str, index: int, r: dict, sc: dict, at: str, fail) -
         cap = IMAGENET_RATIO_CAP
     else:
         cap = None if cap_v == "none" else float(cap_v)
-    budgets = get("budgets", list(BUDGETS))
+    budgets = get("budgets", list(DEFAULT_BUDGETS))
     budget = get("budget", "scratch-e")
     kind = spec.kind
     ratios: tuple[float, ...] = ()
@@ -777,6 +781,8 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     dataset = dataset or row.dataset
     if budget == "finetune":
         protocol, b, init = row.finetune_protocol(), Budget("epochs"), "finetune"
+    elif budget == "pruned":  # the inherited weights evaluated as they are: zero epochs of fine-tuning
+        protocol, b, init = row.finetune_protocol().with_epochs(0), Budget("epochs"), "finetune"
     elif budget == "scratch-b":
         protocol, b, init = row.protocol(), Budget("flops", reference=reference, cap=row.cap), row.init
     else:

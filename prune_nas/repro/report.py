@@ -41,7 +41,7 @@ from typing import Any
 from prune_nas.core.errors import UserError
 from prune_nas.core.units import human
 from prune_nas.repro import compare
-from prune_nas.repro.compare import COLUMNS, HEAD, paper_value
+from prune_nas.repro.compare import COLUMNS, HEAD, PRUNED, baseline_column, paper_value
 
 SERIES_STYLE = {"pruned": ("C0", "o", "pruned (method)"), "uniform": ("C7", "s", "uniform"),
                 "guided": ("C2", "^", "guided"), "transferred": ("C3", "D", "transferred")}
@@ -167,15 +167,14 @@ def comparison_cells(m: dict) -> list[dict]:
             cells[col] = {"values": vals, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
                           "std": (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None,
                           "epochs": sorted({r.get("epochs") for r in runs if r["role"] == col
-                                            and r.get("epochs")}),
+                                            and r.get("epochs") is not None}),
                           "failed": sum(1 for r in runs
                                         if r["role"] == col and r.get("status") not in ("ok",))}
+        ref = baseline_column(row["budgets"])
         for col in ("scratch-e", "scratch-b"):
-            ft = cells["finetune"]["values"]
-            t = welch(HEAD[col], cells[col]["values"], HEAD["finetune"], ft)
+            t = welch(HEAD[col], cells[col]["values"], HEAD[ref], cells[ref]["values"])
             cells[col]["p"], cells[col]["test"] = t.pvalue, t.text()
-        present = [c for c in ("finetune", "scratch-e", "scratch-b") if c in row["budgets"]
-                   and cells[c]["mean"] is not None]
+        present = [c for c in PRUNED if c in row["budgets"] and cells[c]["mean"] is not None]
         best = max((cells[c]["mean"] for c in present), default=None)
         frac = [p["params"] / p["base_params"] for p in prunes if p.get("base_params")]
         ffrac = [p["flops"] / p["base_flops"] for p in prunes if p.get("base_flops")]
@@ -204,13 +203,20 @@ def _cell(c: dict, relative_to: float | None, bold: bool, mark: bool) -> str:
     return text
 
 
+def shown_columns(rows: list[dict]) -> list[str]:
+    """The pruned-size columns a table shows: Fine-tuned, Scratch-E, Scratch-B, and Pruned (no fine-tuning)
+    when a row asks for it."""
+    return [c for c in PRUNED if c != "pruned" or any("pruned" in r["budgets"] for r in rows)]
+
+
 def comparison_markdown(m: dict, table: list[dict] | None = None) -> str:
     table = table if table is not None else comparison_cells(m)
     relative = m["plan"].get("layout") == "relative"
+    shown = shown_columns([t["row"] for t in table])
     heads = ["Dataset", "Model", "Unpruned", "Pruned model", "Params kept", "FLOPs kept"]
-    heads += [HEAD[c] + (" (Δ)" if relative else "") for c in ("finetune", "scratch-e", "scratch-b")]
+    heads += [HEAD[c] + (" (Δ)" if relative else "") for c in shown]
     lines = ["| " + " | ".join(heads) + " |",
-             "|" + "|".join(["---"] * 2 + ["--:"] + ["---"] + ["--:"] * 5) + "|"]
+             "|" + "|".join(["---"] * 2 + ["--:"] + ["---"] + ["--:"] * (2 + len(shown))) + "|"]
     last = (None, None)
     for t in table:
         row, cells = t["row"], t["cells"]
@@ -220,7 +226,7 @@ def comparison_markdown(m: dict, table: list[dict] | None = None) -> str:
         base = cells["unpruned"]["mean"] if relative else None
         line = [ds, model, _cell(cells["unpruned"], None, False, False), row["label"],
                 _pct(t["params_kept"]), _pct(t["flops_kept"])]
-        for c in ("finetune", "scratch-e", "scratch-b"):
+        for c in shown:
             if c not in row["budgets"]:
                 line.append("n/a")
                 continue
@@ -243,7 +249,7 @@ def comparison_csv(m: dict, table: list[dict]) -> str:
                 "values", "epochs", "p_vs_finetune", "best", "params_kept", "flops_kept", "paper"])
     for t in table:
         row = t["row"]
-        for c in COLUMNS:
+        for c in ("unpruned", *shown_columns([row])):
             cell = t["cells"][c]
             w.writerow([row["index"], row["dataset"], row["model"], row.get("width", 1.0), row["label"], c,
                         cell["n"],
@@ -263,14 +269,15 @@ def _reported_markdown(m: dict) -> list[str]:
     if not rows:
         return []
     relative = m["plan"].get("layout") == "relative"
+    columns = ["unpruned", *shown_columns(rows)]
     lines = ["", (f"The paper's numbers (Liu et al., ICLR 2019, {m['spec']['paper']}; "
                  f"{'differences from the unpruned model, ' if relative else ''}CIFAR: mean of 5 runs), "
                  "for reference:"), "",
-             "| Dataset | Model | Pruned model | Unpruned | Fine-tuned | Scratch-E | Scratch-B |",
-             "|---|---|---|--:|--:|--:|--:|"]
+             "| Dataset | Model | Pruned model | " + " | ".join(HEAD[c] for c in columns) + " |",
+             "|---|---|---|" + "--:|" * len(columns)]
     for r in rows:
         rep = r["reported"]
-        vals = [(paper_value(rep.get(c)) or {}).get("mean") for c in COLUMNS]
+        vals = [(paper_value(rep.get(c)) or {}).get("mean") for c in columns]
         best = max((v for v in vals[1:] if v is not None), default=None)
         cells = [("-" if v is None else (f"**{v:.2f}**" if i > 0 and v == best else f"{v:.2f}"))
                  for i, v in enumerate(vals)]
@@ -281,16 +288,20 @@ def _reported_markdown(m: dict) -> list[str]:
 
 def _comparison(m: dict, run: Path, out: Path) -> tuple[list[str], list[Path]]:
     table = comparison_cells(m)
+    rows = [t["row"] for t in table]
     files = []
     csv_path = out / "table.csv"
     _write(csv_path, comparison_csv(m, table))
     files.append(csv_path)
     seeds = sorted({len(t["row"]["seeds"]) for t in table})
     relative = m["plan"].get("layout") == "relative"
+    names = [HEAD[c] for c in shown_columns(rows)]
+    against = "Fine-tuned (Pruned where a row has no fine-tuning)" if any(
+        baseline_column(r["budgets"]) == "pruned" for r in rows) else "Fine-tuned"
     body = ["## Table", "", comparison_markdown(m, table), "",
             f"Final test top-1 (%), mean ± sample std over {_join(seeds)} seeds"
             + (" (pruned-size columns: difference from the unpruned mean, in points)" if relative else "")
-            + "; **bold**: the best of Fine-tuned, Scratch-E and Scratch-B; \\*: differs from Fine-tuned "
+            + f"; **bold**: the best of {', '.join(names[:-1])} and {names[-1]}; \\*: differs from {against} "
               f"with p < {ALPHA:g} (Welch's two-sided t-test, `scipy.stats.ttest_ind(equal_var=False)`). "
               "Params and FLOPs kept: the pruned model's share of the unpruned model's (mean over runs)."]
     epochs = []
@@ -334,15 +345,16 @@ def _plot_accuracy(m: dict, table: list[dict], path: Path) -> Path:
     plt = _pyplot()
     n = len(table)
     fig, ax = plt.subplots(figsize=(max(5.5, 1.9 * n + 2.5), 3.8))
-    colors = {"unpruned": "0.45", "finetune": "C1", "scratch-e": "C0", "scratch-b": "C2"}
-    width = 0.19
-    for j, c in enumerate(COLUMNS):
+    colors = {"unpruned": "0.45", "pruned": "C3", "finetune": "C1", "scratch-e": "C0", "scratch-b": "C2"}
+    columns = ["unpruned", *shown_columns([t["row"] for t in table])]
+    width = 0.76 / len(columns)
+    for j, c in enumerate(columns):
         xs, ys, es = [], [], []
         for i, t in enumerate(table):
             cell = t["cells"][c]
             if cell["mean"] is None:
                 continue
-            x = i + (j - 1.5) * width
+            x = i + (j - (len(columns) - 1) / 2) * width
             xs.append(x)
             ys.append(100 * cell["mean"])
             es.append(100 * cell["std"])

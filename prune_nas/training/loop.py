@@ -120,7 +120,8 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
     ``"fast"`` (device-resident epochs, bf16 + channels_last + one CUDA graph per step on CUDA): see
     ``prune_nas.training.engine``; both run this same loop. With a ``checkpoint``, the run starts from the
     state saved there (if any) and saves its state as it goes: on CPU a resumed run ends exactly where an
-    uninterrupted one does.
+    uninterrupted one does. ``protocol.epochs == 0`` trains nothing and measures the model once (epoch 0 of
+    the curve): a pruned model's accuracy as it comes out of pruning.
 
     >>> from prune_nas.core.builder import build
     >>> from prune_nas.core.genome import base_genome
@@ -205,6 +206,9 @@ def train_model(model: nn.Module, dataset: Dataset, protocol: Protocol, *, seed:
                                  "callbacks": _callback_states(callbacks),
                                  "wall_time_s": earlier_s + now - start})
                 last_save = time.perf_counter()
+        if protocol.epochs == 0 and evaluate:  # no training asked for: the model as it is, measured once
+            m = evaluate_model(model, dataset, device, batch_size=protocol.eval_batch_size)
+            history.curve.append({"epoch": 0, **{f"test_{k}": v for k, v in m.items()}})
     finally:
         bar.close()
         if replicas:
