@@ -265,6 +265,14 @@ def test_killing_a_rank_of_a_worker_gives_its_trial_back(tmp_path, rank_pid):
     assert retries[0].system_attrs["failed_trial"] == 0
 
 
+def test_worker_nproc_on_a_missing_study_is_one_line_before_any_launch(capsys):
+    from prune_nas.cli import main
+
+    assert main(["worker", "--study", "nope", "--nproc", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no study 'nope'" in err[0], err
+
+
 def test_run_refuses_devices_with_nproc(capsys):
     from prune_nas.cli import main
 

@@ -223,7 +223,8 @@ def cmd_search(args) -> int:
         args.study = study.study_name
         return _workers_on_devices(args, args.trials)
     args.study = args.study or space.name
-    device, done = _ranks(args, device)
+    # The space is checked; rank 0 creates the study (and removes it if it fails before a trial).
+    device, done = _ranks(args, device, check=lambda: None)
     if done is not None:
         return done
     with _sigterm_interrupts():
@@ -242,7 +243,12 @@ def cmd_worker(args) -> int:
     device = _setup(args, None)
     if devices_of(args):
         return _workers_on_devices(args, args.trials)
-    device, done = _ranks(args, device)
+    def check() -> None:  # before a launch: the study exists
+        from prune_nas.search.studies import load_study
+
+        load_study(args.study, args.storage, heartbeat=args.heartbeat, grace=args.grace)
+
+    device, done = _ranks(args, device, check)
     if done is not None:
         return done
     with _sigterm_interrupts():
@@ -255,18 +261,21 @@ def cmd_worker(args) -> int:
     return 0
 
 
-def _ranks(args, device: str) -> tuple[str, int | None]:
+def _ranks(args, device: str, check) -> tuple[str, int | None]:
     """``--nproc N`` (or a torchrun launch) of ``search`` / ``worker``: rank 0 works on the study and the
     other ranks train each of its candidates with it (``search/objective.py``). Returns this process' device
     and, when its part is over (the launch it started ended, or it was a rank other than 0), its exit
-    status; ``None`` for the process that works on the study."""
+    status; ``None`` for the process that works on the study. ``check()`` runs before this process launches
+    the ranks, so that a study that cannot be opened is one line, not a failed launch."""
     from prune_nas.search.objective import follow
     from prune_nas.search.studies import redact
     from prune_nas.training import distributed
 
+    if getattr(args, "nproc", 1) > 1 and not distributed.launched():
+        check()
     resume = f"prune-nas worker --study {args.study}" + (f" --storage {redact(args.storage)}"
                                                          if args.storage else "")
-    launched = launch_if_asked(args, lost="the trial being trained goes back to the study's queue; go on "
+    launched = launch_if_asked(args, lost="a trial being trained goes back to the study's queue; go on "
                                           f"with: {resume}")
     if launched is not None:
         return device, launched
