@@ -230,44 +230,36 @@ class Uniform(_Baseline):
 
     def prune(self, genome, model=None, *, ratio=0.5, sparsity=False, like=None, seed=0, **_) -> PruneResult:
         self.check(genome, ratio=ratio, sparsity=sparsity, like=like)
-        return uniform_result(self, genome, ratio=ratio, sparsity=sparsity, like=like, seed=seed)
+        ratio = 0.5 if ratio is None else float(ratio)
+        notes: list[str] = []
+        if sparsity:
+            small = uniform_sparsity_genome(genome, 1.0 - ratio, seed)
+            masks = random_masks(small, seed)
+            return _finish(
+                self, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
+                [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
+                masks=masks,
+            )
+        if like is not None:
+            from prune_nas.core.cost import count
+            from prune_nas.core.library import resolve_genome
 
-
-def uniform_result(method: Method, genome: Genome, *, ratio=0.5, sparsity: bool = False, like=None,
-                   seed: int = 0) -> PruneResult:
-    """Uniform pruning of ``genome`` (checked by the caller): every conv at density ``1 - ratio`` with exact
-    random masks (``sparsity``), the uniform widths whose params match genome ``like``, or every group at
-    ``1 - ratio`` of its channels. Family-free: the generic variant shares it."""
-    ratio = 0.5 if ratio is None else float(ratio)
-    notes: list[str] = []
-    if sparsity:
-        small = uniform_sparsity_genome(genome, 1.0 - ratio, seed)
-        masks = random_masks(small, seed)
-        return _finish(
-            method, genome, small, {"ratio": ratio, "sparsity": True, "seed": seed},
-            [f"every conv layer keeps {1 - ratio:.4g} of its weights (random mask, seed {seed})"],
-            masks=masks,
-        )
-    if like is not None:
-        from prune_nas.core.cost import count
-        from prune_nas.core.library import resolve_genome
-
-        other = resolve_genome(like) if isinstance(like, str) else like
-        target = count(other).params
-        small = match_params(genome, target)
-        got = count(small).params
-        notes.append(f"matched {getattr(other, 'name', None) or like}: {got} params vs {target} "
-                     f"({(got - target) / target:+.2%})")
-        params = {"like": str(like), "target_params": target}
-    else:
-        small = uniform_genome(genome, 1.0 - ratio)
-        params = {"ratio": ratio}
-    floored = [g for g in genome.groups.names if small.widths[g] == 1 < genome.widths[g]]
-    if floored:
-        notes.append(
-            f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}"
-        )
-    return _finish(method, genome, small, params, notes)
+            other = resolve_genome(like) if isinstance(like, str) else like
+            target = count(other).params
+            small = match_params(genome, target)
+            got = count(small).params
+            notes.append(f"matched {getattr(other, 'name', None) or like}: {got} params vs {target} "
+                         f"({(got - target) / target:+.2%})")
+            params = {"like": str(like), "target_params": target}
+        else:
+            small = uniform_genome(genome, 1.0 - ratio)
+            params = {"ratio": ratio}
+        floored = [g for g in genome.groups.names if small.widths[g] == 1 < genome.widths[g]]
+        if floored:
+            notes.append(
+                f"{len(floored)} groups kept 1 channel (rounding would empty them): {', '.join(floored[:4])}"
+            )
+        return _finish(self, genome, small, params, notes)
 
 
 @register

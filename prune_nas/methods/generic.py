@@ -32,6 +32,7 @@ from torch import nn
 
 from prune_nas.core.errors import UserError
 from prune_nas.methods._base import REGISTRY, Method, Param, PruneResult, check_ratio, kept_width, register
+from prune_nas.methods.baselines import Random, Uniform, like_widths
 from prune_nas.methods.slimming import BNScalePenalty, Slimming, global_threshold
 from prune_nas.methods.surgery import state_of
 
@@ -149,50 +150,25 @@ def _local(method: Method, genome, model, ratio, score: Callable[[str, Any, int]
 
 
 # ---- the methods ------------------------------------------------------------------------------------------
-class GenericUniform(GenericMethod):
-    name = "uniform"
-    summary = REGISTRY["uniform"].summary
-    citation = REGISTRY["uniform"].citation
-    target = "predefined"
-    needs_training = False
-    params = REGISTRY["uniform"].params
+class GenericUniform(Uniform):
+    """The built-in's parameters and checks; with ``sparsity`` or ``like`` its own arithmetic (it holds for
+    any model), with a ratio the model's width groups."""
 
-    def check(self, genome, ratio=0.5, sparsity=False, like=None, **kwargs) -> None:
-        Method.check(self, genome)
-        if like is not None and sparsity:
-            raise UserError("uniform: --like matches channel widths; it does not combine with --sparsity")
-        if like is None:
-            _ratio(ratio)
+    families = ("generic",)
 
-    def prune(self, genome, model=None, *, ratio=0.5, sparsity=False, like=None, seed=0, **_) -> PruneResult:
-        from prune_nas.methods.baselines import uniform_result
-
-        self.check(genome, ratio=ratio, sparsity=sparsity, like=like)
-        if sparsity or like is not None:  # the built-in's arithmetic holds for any model
-            return uniform_result(self, genome, ratio=ratio, sparsity=sparsity, like=like, seed=seed)
+    def prune(self, genome, model=None, *, ratio=0.5, sparsity=False, like=None, seed=0, **kw) -> PruneResult:
+        if sparsity or like is not None:
+            return super().prune(genome, model, ratio=ratio, sparsity=sparsity, like=like, seed=seed, **kw)
+        self.check(genome, ratio=ratio)
         return _local(self, genome, None, ratio, None)
 
 
-class GenericRandom(GenericMethod):
-    name = "random"
-    summary = REGISTRY["random"].summary
-    citation = REGISTRY["random"].citation
-    target = "predefined"
-    needs_training = False
-    params = REGISTRY["random"].params
+class GenericRandom(Random):
+    """The built-in's parameters and checks; random channels chosen in the model's width groups."""
 
-    def check(self, genome, ratio=0.5, like=None, **kwargs) -> None:
-        from prune_nas.methods.baselines import like_widths
-
-        Method.check(self, genome)
-        if like is not None:
-            like_widths(genome, like)
-        else:
-            _ratio(ratio)
+    families = ("generic",)
 
     def prune(self, genome, model=None, *, ratio=0.5, like=None, seed=0, **_) -> PruneResult:
-        from prune_nas.methods.baselines import like_widths
-
         self.check(genome, ratio=ratio, like=like)
         if like is None:
             return _local(self, genome, model, ratio, "random", seed=seed,
