@@ -1,11 +1,12 @@
 """The JSON Schemas shipped with the package (``core/schema/<name>.schema.json``: genome, space, spec) and
 their first violation as one line naming the field.
 
-One validator and one wording for every file a user writes. Validation is JSON Schema Draft 2020-12 with two
-changes, so that the bounds mean what they say: ``number`` is finite (no NaN, no infinity: YAML's ``.nan``
-passes every bound) and ``integer`` is a Python int (not ``2.0``, not ``true``). A subschema may word its own
-message in ``x-messages``: per keyword (``{"pattern": "use letters, ..."}``) or for any keyword (``"*"``);
-the value follows as ", got <value>" except for ``not`` and ``minProperties``, whose messages stand alone.
+One validator and one wording for every file a user writes. Every number must first be finite (no NaN, no
+infinity: YAML's ``.nan`` passes every bound); then JSON Schema Draft 2020-12 checks the rest, with
+``integer`` a Python int (not ``2.0``, not ``true``), so the bounds mean what they say. A subschema may word
+its own message in ``x-messages``: per keyword (``{"pattern": "use letters, ..."}``) or for any keyword
+(``"*"``); the value follows as ", got <value>" except for ``not`` and ``minProperties``, whose messages
+stand alone.
 """
 
 from __future__ import annotations
@@ -32,10 +33,7 @@ def validator(name: str):
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    types = base.TYPE_CHECKER.redefine_many({
-        "number": lambda _, v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-        "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-    })
+    types = base.TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
     text = resources.files("prune_nas.core.schema").joinpath(f"{name}.schema.json").read_text()
     return jsonschema.validators.extend(base, type_checker=types)(json.loads(text))
 
