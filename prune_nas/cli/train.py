@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
     import torch
 
     from prune_nas.core.library import resolve_genome
-    from prune_nas.training.data import NUM_CLASSES, load_dataset
+    from prune_nas.training.data import NUM_CLASSES, Datasets
     from prune_nas.training.protocol import Budget
     from prune_nas.training.runs import RunSpec, run
     from prune_nas.training.store import Store
@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
         return launched
     device, store = join(args, _device(args.device)), Store(args.store)
     seeds = range(args.seed, args.seed + args.seeds)
-    datasets: dict = {}
+    datasets = Datasets(args.data_dir, args.download)
     rows, failed = [], 0
     for name in args.genomes:
         genome = resolve_genome(name)
@@ -165,17 +165,14 @@ def cmd_train(args) -> int:
             genome = genome.replace(num_classes=classes)
         budget = Budget(args.budget, args.epochs, _reference(genome, args.reference) if args.budget == "flops"
                         else None, _cap(args.cap, args.dataset))
-        shape = (genome.input_size, genome.in_channels)
         records = []
         for seed in seeds:
             spec = RunSpec(genome, args.dataset, protocol, budget, seed,
                            "finetune" if args.finetune else "scratch")
             found = store.get(spec.key)
             reused = found is not None and (found.get("status") == "ok" or not args.retry_failed)
-            if not reused and shape not in datasets:
-                datasets[shape] = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                                               input_size=shape[0], in_channels=shape[1])
-            rec = run(spec, store, device=device, progress=not args.no_progress, dataset=datasets.get(shape),
+            rec = run(spec, store, device=device, progress=not args.no_progress,
+                      dataset=None if reused else datasets(args.dataset, genome),
                       desc=f"{genome.name or name} s{seed}", engine=args.engine,
                       save_weights=args.save_weights)
             records.append(rec)

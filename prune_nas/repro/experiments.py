@@ -503,17 +503,13 @@ class _Context:
     on_step: Callable[[dict], None] | None = None
     groups: Any = None  # independent groups of runs this process does (see spread.py), None: all of them
     bar: Any = None
-    datasets: dict = field(default_factory=dict)
+    datasets: Any = None  # training.data.Datasets over data_dir / download
     started: float = field(default_factory=time.perf_counter)
 
-    def dataset(self, name: str, genome):
-        from prune_nas.training.data import load_dataset
+    def __post_init__(self) -> None:
+        from prune_nas.training.data import Datasets
 
-        key = (name, genome.input_size, genome.in_channels)
-        if key not in self.datasets:
-            self.datasets[key] = load_dataset(name, data_dir=self.data_dir, download=self.download,
-                                              input_size=genome.input_size, in_channels=genome.in_channels)
-        return self.datasets[key]
+        self.datasets = Datasets(self.data_dir, self.download)
 
     def step(self, entry: dict) -> None:
         """Record one finished unit of work, save the manifest, advance the bar."""
@@ -798,7 +794,7 @@ def train(ctx: _Context, row: Row, genome, *, role: str, seed: int, budget: str,
     found = ctx.store.get(spec.key)
     reused = found is not None and (found.get("status") == "ok" or not ctx.retry_failed)
     reused = distributed.broadcast(reused)  # rank 0's store decides, as in run()
-    data = None if reused else ctx.dataset(dataset, genome)
+    data = None if reused else ctx.datasets(dataset, genome)
     rec = run(spec, ctx.store, device=ctx.device, progress=ctx.progress, dataset=data, engine=ctx.engine,
               retry_failed=ctx.retry_failed, desc=f"{role} {genome.name or genome.key} s{seed}")
     entry = {"role": role, "row": row.index, "seed": seed, "ratio": ratio, "budget": budget, "init": init,

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from prune_nas.core.units import human
 from prune_nas.search.spaces import Space
 from prune_nas.training import distributed
+from prune_nas.training.data import Datasets
 
 if TYPE_CHECKING:
     from prune_nas.core.genome import Genome
@@ -120,23 +121,6 @@ class Job:
     reused: bool  # rank 0's store holds the run already: no dataset to load
     early_stopping: bool
     desc: str
-
-
-class Datasets:
-    """Each dataset loaded once per process, at the input size and channels a genome asks for."""
-
-    def __init__(self, data_dir=None, download: bool = False):
-        self.data_dir, self.download = data_dir, download
-        self._loaded: dict = {}
-
-    def __call__(self, name: str, genome: Genome):
-        from prune_nas.training.data import load_dataset
-
-        key = (name, genome.input_size, genome.in_channels)
-        if key not in self._loaded:
-            self._loaded[key] = load_dataset(name, data_dir=self.data_dir, download=self.download,
-                                             input_size=genome.input_size, in_channels=genome.in_channels)
-        return self._loaded[key]
 
 
 def train(job: Job, store: Store, datasets: Datasets, *, device: str, progress: bool,

@@ -327,3 +327,19 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, downlo
             raise UserError("imagenet needs a 3-channel model")
         return FolderDataset(name, root if data_dir is not None else root / "imagenet", input_size)
     raise UserError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
+
+
+class Datasets:
+    """Datasets loaded once per process: ``datasets(name, genome)`` is ``name`` at the input size and channels
+    ``genome`` asks for, read on first use (for the commands that train many runs)."""
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, download: bool = False):
+        self.data_dir, self.download = data_dir, download
+        self._loaded: dict[tuple[str, int, int], Dataset] = {}
+
+    def __call__(self, name: str, genome) -> Dataset:
+        key = (name, genome.input_size, genome.in_channels)
+        if key not in self._loaded:
+            self._loaded[key] = load_dataset(name, data_dir=self.data_dir, download=self.download,
+                                             input_size=genome.input_size, in_channels=genome.in_channels)
+        return self._loaded[key]
