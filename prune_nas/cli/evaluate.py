@@ -224,7 +224,7 @@ def cmd_search(args) -> int:
         return _workers_on_devices(args, args.trials)
     args.study = args.study or space.name
     # The space is checked; rank 0 creates the study (and removes it if it fails before a trial).
-    device, done = _ranks(args, device, check=lambda: None)
+    device, done = _ranks(args, device)
     if done is not None:
         return done
     with _sigterm_interrupts():
@@ -261,7 +261,7 @@ def cmd_worker(args) -> int:
     return 0
 
 
-def _ranks(args, device: str, check) -> tuple[str, int | None]:
+def _ranks(args, device: str, check=None) -> tuple[str, int | None]:
     """``--nproc N`` (or a torchrun launch) of ``search`` / ``worker``: rank 0 works on the study and the
     other ranks train each of its candidates with it (``search/objective.py``). Returns this process' device
     and, when its part is over (the launch it started ended, or it was a rank other than 0), its exit
@@ -271,7 +271,7 @@ def _ranks(args, device: str, check) -> tuple[str, int | None]:
     from prune_nas.search.studies import redact
     from prune_nas.training import distributed
 
-    if getattr(args, "nproc", 1) > 1 and not distributed.launched():
+    if check is not None and getattr(args, "nproc", 1) > 1 and not distributed.launched():
         check()
     resume = f"prune-nas worker --study {args.study}" + (f" --storage {redact(args.storage)}"
                                                          if args.storage else "")
