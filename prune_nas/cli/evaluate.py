@@ -234,7 +234,6 @@ def cmd_search(args) -> int:
                          download=args.download, log=_log(args))
     print()
     print(results_text(summary))
-    _finish_ranks()
     return 0
 
 
@@ -259,7 +258,6 @@ def cmd_worker(args) -> int:
                          download=args.download, log=_log(args))
     print()
     print(results_text(summary))
-    _finish_ranks()
     return 0
 
 
@@ -285,17 +283,7 @@ def _ranks(args, device: str, check=None) -> tuple[str, int | None]:
     if distributed.is_writer():
         return device, None
     follow(args.store, device=device, data_dir=args.data_dir, download=args.download)
-    _finish_ranks()
     return device, 0
-
-
-def _finish_ranks() -> None:
-    """The ranks of a ``--nproc`` search / worker end together (a no-op alone): a rank that exited while
-    rank 0 was still summarising the study aborted now and then in gloo's teardown ("terminate called
-    without an active exception", SIGABRT; 3 of 20 runs of a 3-trial search here, 0 of 14 with this)."""
-    from prune_nas.training import distributed
-
-    distributed.barrier()
 
 
 def _workers_on_devices(args, trials: int | None) -> int:
