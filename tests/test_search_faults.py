@@ -6,8 +6,10 @@ test_postgres.py; here the storage errors are injected."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -43,6 +45,24 @@ def assert_nothing_lost(trials, target: int) -> None:
             assert retries and any(r.state.is_finished() for r in retries), t.number
 
 
+def pause_holding_no_lock(p, db: Path) -> None:
+    """SIGSTOP ``p`` at a moment it holds no lock on the SQLite file: a process paused inside a transaction
+    stalls every other connection until it resumes (SQLite's nature, not the behaviour under test)."""
+    for _ in range(100):
+        p.send_signal(signal.SIGSTOP)
+        con = sqlite3.connect(db, timeout=2)
+        try:
+            con.execute("BEGIN EXCLUSIVE")  # granted only when no other connection holds any lock
+            con.rollback()
+            return
+        except sqlite3.OperationalError:
+            p.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            con.close()
+    raise AssertionError("the worker held the database lock at every try")
+
+
 def test_worker_paused_past_the_grace_moves_on(tmp_path):
     """SIGSTOP a worker mid-trial longer than the grace; another worker fails and retries its trial; on
     SIGCONT the paused worker drops the trial it no longer owns and both exit 0 without a traceback."""
@@ -59,7 +79,7 @@ def test_worker_paused_past_the_grace_moves_on(tmp_path):
     b = None
     try:
         wait_for(lambda: any(t.state == TrialState.RUNNING for t in trials()), 120, "a running trial", [a])
-        a.send_signal(signal.SIGSTOP)
+        pause_holding_no_lock(a, tmp_path / "s.db")
         paused = next(t.number for t in trials() if t.state == TrialState.RUNNING)
         b = start_worker("tiny", url, home, tmp_path / "b.log")
         wait_for(lambda: trials()[paused].state == TrialState.FAIL, 120, "the paused trial failed", [b])
